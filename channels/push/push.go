@@ -1,0 +1,287 @@
+// Package push delivers push messages through Firebase Cloud Messaging with the
+// firebase-admin-go SDK (HTTP v1 API, one request per device token, sent with
+// SendEach). Package fcmfake beside it is a fake FCM server for tests and dev.
+package push
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	firebase "firebase.google.com/go/v4"
+	"firebase.google.com/go/v4/messaging"
+	"google.golang.org/api/option"
+
+	"github.com/notifyd/notifyd/notifier"
+)
+
+const (
+	// DefaultEndpoint is FCM's HTTP v1 endpoint, in the form option.WithEndpoint takes.
+	DefaultEndpoint = "https://fcm.googleapis.com/v1"
+	// DefaultTimeout bounds one SendEach round (see Config.Timeout).
+	DefaultTimeout = 30 * time.Second
+	// CredentialsNone sends requests without authentication, for fakes and emulators.
+	CredentialsNone = "none"
+
+	// maxSendEach is the most messages SendEach takes in one call.
+	maxSendEach = 500
+	// maxBatch is how many notifier.Messages one Send should get: one SendEach
+	// round when every recipient has a single device.
+	maxBatch = 500
+	// idleConnsPerHost keeps connections to FCM open between rounds. SendEach
+	// runs 50 requests at a time; several deliver workers share the Sender.
+	idleConnsPerHost = 256
+)
+
+// Config configures a Sender.
+type Config struct {
+	// ProjectID is the Firebase project (NOTIFYD_FCM_PROJECT_ID). Required.
+	ProjectID string
+	// Credentials is the path to a service-account JSON file
+	// (NOTIFYD_FCM_CREDENTIALS), or "none" to send no credentials (fakes,
+	// emulators). Empty means Google application default credentials.
+	Credentials string
+	// Endpoint is FCM's base URL as option.WithEndpoint takes it
+	// (NOTIFYD_FCM_ENDPOINT); the SDK posts to {Endpoint}/projects/{ProjectID}/messages:send.
+	// Default DefaultEndpoint. For fcmfake: the fake server's URL + "/v1".
+	Endpoint string
+	// Timeout bounds each SendEach round of up to 500 requests, including the SDK's
+	// own retries (it retries 503s and network errors up to 4 times, honouring
+	// Retry-After). Default DefaultTimeout.
+	Timeout time.Duration
+	// HTTPClient replaces the HTTP client. It is only allowed with Credentials
+	// "none": the SDK uses a given client as is, so it would send without auth.
+	HTTPClient *http.Client
+}
+
+// Sender sends push messages through FCM. It is safe for concurrent use.
+type Sender struct {
+	client  *messaging.Client
+	timeout time.Duration
+}
+
+var _ notifier.Channel = (*Sender)(nil)
+
+// New builds a Sender. It reads the credentials file, if any, but makes no request.
+func New(ctx context.Context, cfg Config) (*Sender, error) {
+	if cfg.ProjectID == "" {
+		return nil, errors.New("push: ProjectID is required (NOTIFYD_FCM_PROJECT_ID)")
+	}
+	endpoint := cfg.Endpoint
+	if endpoint == "" {
+		endpoint = DefaultEndpoint
+	}
+	// The SDK appends "/projects/..." to the endpoint verbatim.
+	endpoint = strings.TrimRight(endpoint, "/")
+	if u, err := url.Parse(endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("push: Endpoint %q is not an http(s) URL (NOTIFYD_FCM_ENDPOINT)", cfg.Endpoint)
+	}
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+
+	opts := []option.ClientOption{option.WithEndpoint(endpoint)}
+	switch {
+	case cfg.Credentials == CredentialsNone:
+		hc := cfg.HTTPClient
+		if hc == nil {
+			hc = newHTTPClient()
+		}
+		// WithoutAuthentication alone would already work; passing our own client
+		// as well gives the transport enough idle connections for SendEach.
+		opts = append(opts, option.WithoutAuthentication(), option.WithHTTPClient(hc))
+	case cfg.HTTPClient != nil:
+		return nil, errors.New("push: HTTPClient can only be set with Credentials \"none\"; the SDK would skip authentication")
+	case cfg.Credentials != "":
+		opts = append(opts, option.WithCredentialsFile(cfg.Credentials))
+	}
+	// Otherwise the SDK builds its own authenticated transport (empty Credentials:
+	// application default credentials), which already keeps 100 idle connections
+	// per host and speaks HTTP/2 to FCM.
+
+	app, err := firebase.NewApp(ctx, &firebase.Config{ProjectID: cfg.ProjectID}, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("push: firebase app: %w", err)
+	}
+	client, err := app.Messaging(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("push: firebase messaging client (NOTIFYD_FCM_CREDENTIALS %q): %w", cfg.Credentials, err)
+	}
+	return &Sender{client: client, timeout: timeout}, nil
+}
+
+func newHTTPClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns = idleConnsPerHost
+	tr.MaxIdleConnsPerHost = idleConnsPerHost
+	return &http.Client{Transport: tr}
+}
+
+// Name returns notifier.ChannelPush.
+func (s *Sender) Name() string { return notifier.ChannelPush }
+
+// MaxBatch returns 500, the size of one SendEach call.
+func (s *Sender) MaxBatch() int { return maxBatch }
+
+// job is one FCM request: one token of one message.
+type job struct {
+	msg   int // index into msgs
+	token string
+}
+
+// outcome is what FCM answered to one job.
+type outcome struct {
+	name string // message name when accepted
+	err  *notifier.SendError
+}
+
+// Send delivers each message to every device token it carries, one FCM request
+// per token, and returns one result per message in order.
+//
+// A message is one delivery whatever its number of tokens: it is sent when FCM
+// accepted at least one token, and its ProviderID is the first accepted message
+// name. Tokens FCM calls UNREGISTERED are returned in DeadTokens either way.
+// When no token was accepted, a retryable failure (rate limit first, then
+// transient) wins over a permanent one, so a message is never given up while a
+// retry could still reach a device.
+func (s *Sender) Send(ctx context.Context, msgs []notifier.Message) []notifier.SendResult {
+	results := make([]notifier.SendResult, len(msgs))
+	var jobs []job
+	for i, m := range msgs {
+		results[i].DeliveryID = m.DeliveryID
+		if m.Push == nil {
+			results[i].Err = &notifier.SendError{Class: notifier.Permanent, Reason: "no_push_content"}
+			continue
+		}
+		tokens := usableTokens(m.Push.Tokens)
+		if len(tokens) == 0 {
+			results[i].Err = &notifier.SendError{Class: notifier.Permanent, Reason: "no_device"}
+			continue
+		}
+		for _, t := range tokens {
+			jobs = append(jobs, job{msg: i, token: t})
+		}
+	}
+
+	outcomes := make([]outcome, len(jobs))
+	for start := 0; start < len(jobs); start += maxSendEach {
+		end := min(start+maxSendEach, len(jobs))
+		s.sendEach(ctx, msgs, jobs[start:end], outcomes[start:end])
+	}
+
+	// Jobs are in message order, so each message's outcomes are one contiguous run.
+	for start := 0; start < len(jobs); {
+		end := start + 1
+		for end < len(jobs) && jobs[end].msg == jobs[start].msg {
+			end++
+		}
+		results[jobs[start].msg] = merge(results[jobs[start].msg], jobs[start:end], outcomes[start:end])
+		start = end
+	}
+	return results
+}
+
+// sendEach runs one SendEach call (at most 500 jobs) and fills outs.
+func (s *Sender) sendEach(ctx context.Context, msgs []notifier.Message, jobs []job, outs []outcome) {
+	if err := ctx.Err(); err != nil {
+		failAll(outs, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+
+	fcm := make([]*messaging.Message, len(jobs))
+	for i, j := range jobs {
+		fcm[i] = toFCMMessage(msgs[j.msg], j.token)
+	}
+	br, err := s.client.SendEach(ctx, fcm)
+	if err != nil || br == nil || len(br.Responses) != len(jobs) {
+		// SendEach only fails as a whole for messages it refuses before sending
+		// (Send filters those out), so this is a bug or an SDK change.
+		if err == nil {
+			err = errors.New("push: SendEach returned no response per message")
+		}
+		failAll(outs, err)
+		return
+	}
+	for i, r := range br.Responses {
+		if r.Success {
+			outs[i].name = r.MessageID
+			continue
+		}
+		// Classify before anything wraps the SDK's error.
+		outs[i].err = classify(r.Error)
+	}
+}
+
+// failAll gives every job the same classified error, each its own copy so that
+// results never share a mutable *SendError.
+func failAll(outs []outcome, err error) {
+	se := classify(err)
+	for i := range outs {
+		c := *se
+		outs[i].err = &c
+	}
+}
+
+// merge folds the outcomes of one message's tokens into its result.
+func merge(res notifier.SendResult, jobs []job, outs []outcome) notifier.SendResult {
+	var permanent, transient, limited *notifier.SendError
+	for i, o := range outs {
+		if o.err == nil {
+			if res.ProviderID == "" {
+				res.ProviderID = o.name
+			}
+			continue
+		}
+		if o.err.Reason == "UNREGISTERED" {
+			res.DeadTokens = append(res.DeadTokens, jobs[i].token)
+		}
+		switch o.err.Class {
+		case notifier.RateLimited:
+			if limited == nil || o.err.RetryAfter > limited.RetryAfter {
+				limited = o.err
+			}
+		case notifier.Transient:
+			if transient == nil || o.err.RetryAfter > transient.RetryAfter {
+				transient = o.err
+			}
+		default:
+			if permanent == nil {
+				permanent = o.err
+			}
+		}
+	}
+	if res.ProviderID != "" {
+		return res
+	}
+	switch {
+	case limited != nil:
+		res.Err = limited
+	case transient != nil:
+		res.Err = transient
+	default:
+		res.Err = permanent
+	}
+	return res
+}
+
+// usableTokens drops blank and repeated tokens: the SDK refuses a whole SendEach
+// call over one empty token, and a repeated token would show the push twice.
+func usableTokens(tokens []string) []string {
+	out := make([]string, 0, len(tokens))
+	seen := make(map[string]bool, len(tokens))
+	for _, t := range tokens {
+		if strings.TrimSpace(t) == "" || seen[t] {
+			continue
+		}
+		seen[t] = true
+		out = append(out, t)
+	}
+	return out
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is every setting of notifyd. Each flag also reads an environment
+// variable; the flag wins. The table in README.md lists them all.
+type config struct {
+	DatabaseURL        string
+	Addr               string
+	Role               string
+	SendGridAPIKey     string
+	SendGridBaseURL    string
+	EmailFrom          string
+	FCMProjectID       string
+	FCMCredentials     string
+	FCMEndpoint        string
+	EmailRate          float64
+	PushRate           float64
+	SendGridWebhookKey string
+	Secret             string
+	PublicURL          string
+	RequiredCategories string
+	LogFormat          string
+	ShutdownTimeout    time.Duration
+}
+
+// setting describes one flag and its environment variable.
+type setting struct {
+	flag, env, usage string
+}
+
+// bindConfig registers the flags named in which (all when empty) on fs, with
+// defaults from the environment.
+func bindConfig(fs *flag.FlagSet, getenv func(string) string, c *config) {
+	str := func(p *string, name, env, def, usage string) {
+		if v := getenv(env); v != "" {
+			def = v
+		}
+		fs.StringVar(p, name, def, usage+" ("+env+")")
+	}
+	num := func(p *float64, name, env string, def float64, usage string) {
+		if v, err := strconv.ParseFloat(getenv(env), 64); err == nil {
+			def = v
+		}
+		fs.Float64Var(p, name, def, usage+" ("+env+")")
+	}
+	str(&c.DatabaseURL, "database-url", "DATABASE_URL", "", "PostgreSQL connection URL")
+	str(&c.Addr, "addr", "NOTIFYD_ADDR", ":8080", "HTTP listen address")
+	str(&c.Role, "role", "NOTIFYD_ROLE", "all", "what this process runs: all, api or worker")
+	str(&c.SendGridAPIKey, "sendgrid-api-key", "NOTIFYD_SENDGRID_API_KEY", "", "SendGrid API key")
+	str(&c.SendGridBaseURL, "sendgrid-base-url", "NOTIFYD_SENDGRID_BASE_URL", "https://api.sendgrid.com", "SendGrid API base URL, no path")
+	str(&c.EmailFrom, "email-from", "NOTIFYD_EMAIL_FROM", "", "sender address of emails")
+	str(&c.FCMProjectID, "fcm-project-id", "NOTIFYD_FCM_PROJECT_ID", "", "Firebase project id")
+	str(&c.FCMCredentials, "fcm-credentials", "NOTIFYD_FCM_CREDENTIALS", "", `service-account JSON file, or "none" for fakes and emulators`)
+	str(&c.FCMEndpoint, "fcm-endpoint", "NOTIFYD_FCM_ENDPOINT", "https://fcm.googleapis.com/v1", "FCM endpoint, as option.WithEndpoint takes it")
+	num(&c.EmailRate, "email-rate", "NOTIFYD_EMAIL_RATE", 1000, "emails per second, all processes together")
+	num(&c.PushRate, "push-rate", "NOTIFYD_PUSH_RATE", 1000, "push messages per second, all processes together")
+	str(&c.SendGridWebhookKey, "sendgrid-webhook-key", "NOTIFYD_SENDGRID_WEBHOOK_KEY", "", "base64 public key of SendGrid's signed event webhook")
+	str(&c.Secret, "secret", "NOTIFYD_SECRET", "", "secret that signs unsubscribe links")
+	str(&c.PublicURL, "public-url", "NOTIFYD_PUBLIC_URL", "", "base URL that links in messages point to")
+	str(&c.RequiredCategories, "required-categories", "NOTIFYD_REQUIRED_CATEGORIES", "security,legal", "comma-separated categories nobody can opt out of")
+	str(&c.LogFormat, "log-format", "NOTIFYD_LOG_FORMAT", "json", "log format: json or text")
+	dur := 30 * time.Second
+	if v, err := time.ParseDuration(getenv("NOTIFYD_SHUTDOWN_TIMEOUT")); err == nil {
+		dur = v
+	}
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", dur, "how long SIGTERM waits for in-flight requests and jobs (NOTIFYD_SHUTDOWN_TIMEOUT)")
+}
+
+// validate checks the settings a serving process needs, naming the variable at fault.
+func (c *config) validate() error {
+	var errs []error
+	if c.Role != "all" && c.Role != "api" && c.Role != "worker" {
+		errs = append(errs, fmt.Errorf("NOTIFYD_ROLE (--role) must be all, api or worker, not %q", c.Role))
+	}
+	if u, err := url.Parse(c.SendGridBaseURL); err != nil || u.Scheme == "" || u.Host == "" || strings.Trim(u.Path, "/") != "" {
+		errs = append(errs, fmt.Errorf("NOTIFYD_SENDGRID_BASE_URL must be scheme://host with no path, not %q", c.SendGridBaseURL))
+	}
+	if c.EmailRate <= 0 {
+		errs = append(errs, errors.New("NOTIFYD_EMAIL_RATE must be a positive number of messages per second"))
+	}
+	if c.PushRate <= 0 {
+		errs = append(errs, errors.New("NOTIFYD_PUSH_RATE must be a positive number of messages per second"))
+	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme == "" || u.Host == "" {
+			errs = append(errs, fmt.Errorf("NOTIFYD_PUBLIC_URL must be an absolute URL like https://notify.example.com, not %q", c.PublicURL))
+		}
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("NOTIFYD_LOG_FORMAT must be json or text, not %q", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *config) requiredCategories() []string {
+	var out []string
+	for _, c := range strings.Split(c.RequiredCategories, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			out = append(out, c)
+		}
+	}
+	return out
+}

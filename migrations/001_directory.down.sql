@@ -1,0 +1,11 @@
+DROP TABLE api_keys;
+DROP TABLE segments;
+DROP TRIGGER preferences_archive ON preferences;
+DROP FUNCTION notifyd_archive_preferences();
+DROP TABLE preference_history;
+DROP TABLE preferences;
+DROP TABLE devices;
+DROP TRIGGER recipients_archive ON recipients;
+DROP FUNCTION notifyd_archive_recipient();
+DROP TABLE recipient_history;
+DROP TABLE recipients;

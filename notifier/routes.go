@@ -1,0 +1,56 @@
+package notifier
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+)
+
+// ServerOpts are the optional parts of the HTTP server.
+type ServerOpts struct {
+	// Ready reports whether the service can take traffic (database reachable,
+	// schema at the expected version); nil means always ready.
+	Ready func(ctx context.Context) error
+}
+
+// NewServer returns the whole HTTP API. Every route is listed here.
+func NewServer(svc *Service, logger *slog.Logger, opts *ServerOpts) http.Handler {
+	if opts == nil {
+		opts = &ServerOpts{}
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID)
+	r.Use(middleware.Recoverer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, logger, Errorf(ENOTFOUND, "no route %s %s", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, logger, &Error{Code: EBADREQUEST, Message: "method " + r.Method + " is not allowed here"})
+	})
+
+	r.Get("/healthz", handleHealthz())
+	r.Get("/readyz", handleReadyz(opts.Ready, logger))
+
+	r.Route("/v1", func(r chi.Router) {
+		r.Use(requireScope(svc, ScopeSend))
+		r.Put("/recipients/{id}", handlePutRecipient(svc, logger))
+		r.Get("/recipients/{id}", handleGetRecipient(svc, logger))
+		r.Delete("/recipients/{id}", handleDeleteRecipient(svc, logger))
+		r.Post("/recipients/batch", handleBatchRecipients(svc, logger))
+		r.Put("/recipients/{id}/devices/{token}", handlePutDevice(svc, logger))
+		r.Delete("/recipients/{id}/devices/{token}", handleDeleteDevice(svc, logger))
+		r.Put("/recipients/{id}/preferences", handlePutPreferences(svc, logger))
+		r.Get("/recipients/{id}/preferences", handleGetPreferences(svc, logger))
+
+		r.Put("/segments/{key}", handlePutSegment(svc, logger))
+		r.Get("/segments/{key}", handleGetSegment(svc, logger))
+		r.Get("/segments/{key}/count", handleCountSegment(svc, logger))
+	})
+	return r
+}

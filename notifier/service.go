@@ -1,0 +1,57 @@
+package notifier
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Service is notifyd's domain logic over Postgres. The HTTP API, the CLI and the
+// workers all go through it.
+type Service struct {
+	pool   *pgxpool.Pool
+	logger *slog.Logger
+	opts   ServiceOpts
+}
+
+// ServiceOpts are the optional settings of a Service.
+type ServiceOpts struct {
+	// RequiredCategories cannot be opted out of (e.g. "security", "legal").
+	RequiredCategories []string
+}
+
+// NewService returns a Service over pool.
+func NewService(pool *pgxpool.Pool, logger *slog.Logger, opts *ServiceOpts) *Service {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{pool: pool, logger: logger}
+	if opts != nil {
+		s.opts = *opts
+	}
+	return s
+}
+
+// Pool is the database pool the service uses.
+func (s *Service) Pool() *pgxpool.Pool { return s.pool }
+
+// dbtx is what both a pool and a transaction offer, so queries can run in either.
+type dbtx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// inTx runs fn in a transaction, committing when it returns nil.
+func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, s.pool, fn)
+}
+
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
