@@ -1,6 +1,7 @@
 package notifier
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,22 +36,39 @@ func decode[T validator](w http.ResponseWriter, r *http.Request, limit int64) (T
 // decodeUnvalidated is decode for types whose service method validates them
 // together with other inputs (path parameters), to report every problem at once.
 func decodeUnvalidated[T any](w http.ResponseWriter, r *http.Request, limit int64) (T, error) {
+	var v T
+	raw, err := readBody(w, r, limit)
+	if err != nil {
+		return v, err
+	}
+	return v, decodeJSON(raw, &v)
+}
+
+// readBody reads at most limit bytes of the request body.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	// The Content-Type is not checked: the body must be JSON whatever it says, and
 	// refusing curl's default form type would only get in the way.
-	var v T
-	body := http.MaxBytesReader(w, r.Body, limit)
-	dec := json.NewDecoder(body)
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		if isTooLarge(err) {
+			return nil, Errorf(ETOOLARGE, "the body is larger than %d bytes", limit)
+		}
+		return nil, Errorf(EBADREQUEST, "the body could not be read: %v", err)
+	}
+	return raw, nil
+}
+
+// decodeJSON decodes exactly one JSON value into v, refusing unknown fields.
+func decodeJSON(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&v); err != nil {
-		return v, decodeError(err, limit)
+	if err := dec.Decode(v); err != nil {
+		return decodeError(err)
 	}
 	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
-		if err != nil && isTooLarge(err) {
-			return v, decodeError(err, limit)
-		}
-		return v, Errorf(EBADREQUEST, "the body must hold exactly one JSON value")
+		return Errorf(EBADREQUEST, "the body must hold exactly one JSON value")
 	}
-	return v, nil
+	return nil
 }
 
 func isTooLarge(err error) bool {
@@ -58,12 +76,10 @@ func isTooLarge(err error) bool {
 	return errors.As(err, &tooLarge)
 }
 
-func decodeError(err error, limit int64) error {
+func decodeError(err error) error {
 	var syntax *json.SyntaxError
 	var typeErr *json.UnmarshalTypeError
 	switch {
-	case isTooLarge(err):
-		return Errorf(ETOOLARGE, "the body is larger than %d bytes", limit)
 	case errors.Is(err, io.EOF):
 		return Errorf(EBADREQUEST, "the body is empty; a JSON object is required")
 	case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):

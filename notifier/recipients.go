@@ -241,7 +241,8 @@ func deref(s *string) string {
 }
 
 // DeleteRecipient erases a recipient's personal data, current and past: address,
-// locale, time zone, attributes, devices and preferences. The id stays as a
+// locale, time zone, attributes, devices, preferences, inbox items and the
+// addresses kept on deliveries. The id stays as a
 // tombstone so the history reads "gone from this moment" and audiences skip it.
 func (s *Service) DeleteRecipient(ctx context.Context, id string) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
@@ -258,6 +259,8 @@ func (s *Service) DeleteRecipient(ctx context.Context, id string) error {
 			`DELETE FROM devices WHERE recipient_id = $1`,
 			`DELETE FROM preferences WHERE recipient_id = $1`,
 			`DELETE FROM preference_history WHERE recipient_id = $1`,
+			`DELETE FROM inbox_items WHERE recipient_id = $1`,
+			`UPDATE deliveries SET address = NULL WHERE recipient_id = $1 AND address IS NOT NULL`,
 		} {
 			if _, err := tx.Exec(ctx, q, id); err != nil {
 				return err
@@ -268,7 +271,7 @@ func (s *Service) DeleteRecipient(ctx context.Context, id string) error {
 }
 
 // requireRecipient returns ENOTFOUND unless the recipient exists (and is not erased).
-func requireRecipient(ctx context.Context, q dbtx, id string) error {
+func requireRecipient(ctx context.Context, q DB, id string) error {
 	var exists bool
 	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM recipients WHERE id = $1 AND NOT erased)`, id).Scan(&exists); err != nil {
 		return err

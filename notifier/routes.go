@@ -47,10 +47,20 @@ func NewServer(svc *Service, logger *slog.Logger, opts *ServerOpts) http.Handler
 		r.Delete("/recipients/{id}/devices/{token}", handleDeleteDevice(svc, logger))
 		r.Put("/recipients/{id}/preferences", handlePutPreferences(svc, logger))
 		r.Get("/recipients/{id}/preferences", handleGetPreferences(svc, logger))
+		r.Get("/recipients/{id}/inbox", handleListInbox(svc, logger))
+		r.Post("/recipients/{id}/inbox/{item}/read", handleReadInboxItem(svc, logger))
+		r.Post("/recipients/{id}/inbox/read-all", handleReadAllInbox(svc, logger))
 
 		r.Put("/segments/{key}", handlePutSegment(svc, logger))
 		r.Get("/segments/{key}", handleGetSegment(svc, logger))
 		r.Get("/segments/{key}/count", handleCountSegment(svc, logger))
+
+		r.Post("/broadcasts", handleCreateBroadcast(svc, logger))
+		r.Get("/broadcasts", handleListBroadcasts(svc, logger))
+		r.Get("/broadcasts/{id}", handleGetBroadcast(svc, logger))
+		r.Get("/broadcasts/{id}/deliveries", handleListDeliveries(svc, logger))
+		r.Post("/notifications", handleCreateNotification(svc, logger))
+		r.Get("/notifications/{id}", handleGetNotification(svc, logger))
 	})
 	return r
 }

@@ -22,6 +22,8 @@ type Service struct {
 type ServiceOpts struct {
 	// RequiredCategories cannot be opted out of (e.g. "security", "legal").
 	RequiredCategories []string
+	// Enqueuer puts jobs on the queue; required to create broadcasts and notifications.
+	Enqueuer Enqueuer
 }
 
 // NewService returns a Service over pool.
@@ -39,8 +41,8 @@ func NewService(pool *pgxpool.Pool, logger *slog.Logger, opts *ServiceOpts) *Ser
 // Pool is the database pool the service uses.
 func (s *Service) Pool() *pgxpool.Pool { return s.pool }
 
-// dbtx is what both a pool and a transaction offer, so queries can run in either.
-type dbtx interface {
+// DB is what a pool, a connection and a transaction all offer, so queries can run in either.
+type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row

@@ -22,6 +22,7 @@ Usage:
   notifyd apikey list
   notifyd apikey revoke ID|NAME
   notifyd dev                             zero-configuration local setup
+  notifyd bench-import [--recipients N]   benchmark recipient import and segment counts
   notifyd version
   notifyd help [command]
 
@@ -48,6 +49,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runAPIKey(ctx, rest, getenv, stdout, stderr)
 	case "dev":
 		return runDev(ctx, rest, getenv, stdout, stderr)
+	case "bench-import":
+		return runBenchImport(ctx, rest, getenv, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "notifyd", version)
 		return nil

@@ -8,12 +8,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/notifyd/notifyd/channels/email"
+	"github.com/notifyd/notifyd/channels/inbox"
+	"github.com/notifyd/notifyd/channels/push"
 	"github.com/notifyd/notifyd/migrations"
 	"github.com/notifyd/notifyd/notifier"
+	"github.com/notifyd/notifyd/queue"
 )
 
 func runServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -42,13 +47,29 @@ type serveHooks struct {
 // stops taking connections and finishes in-flight requests, and the workers finish
 // their jobs, both within ShutdownTimeout.
 func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, hooks *serveHooks) error {
-	svc := notifier.NewService(pool, logger, &notifier.ServiceOpts{RequiredCategories: c.requiredCategories()})
 	runAPI := c.Role == "all" || c.Role == "api"
-	if c.Role == "worker" {
-		return errors.New("the worker role arrives with the broadcast pipeline; use --role api")
+	runWorkers := c.Role == "all" || c.Role == "worker"
+	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers}
+	if runWorkers {
+		channels, err := buildChannels(ctx, c, pool, logger)
+		if err != nil {
+			return err
+		}
+		queueCfg.Channels = channels
 	}
+	q, err := queue.New(queueCfg)
+	if err != nil {
+		return err
+	}
+	svc := notifier.NewService(pool, logger, &notifier.ServiceOpts{RequiredCategories: c.requiredCategories(), Enqueuer: q})
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	if runWorkers {
+		if err := q.Start(ctx, svc); err != nil {
+			return err
+		}
+		logger.Info("workers started", "channels", channelNames(queueCfg.Channels))
+	}
 	var srv *http.Server
 	if runAPI {
 		ln, err := net.Listen("tcp", c.Addr)
@@ -83,9 +104,46 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 	if srv != nil {
 		errs = append(errs, srv.Shutdown(shutdownCtx))
 	}
+	if runWorkers {
+		errs = append(errs, q.Stop(shutdownCtx))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// buildChannels makes the channels this worker can deliver on. The inbox needs
+// only the database; email and push need their provider settings.
+func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger) (map[string]notifier.Channel, error) {
+	channels := map[string]notifier.Channel{notifier.ChannelInbox: inbox.New(pool)}
+	if c.SendGridAPIKey != "" {
+		sender, err := email.New(email.Config{APIKey: c.SendGridAPIKey, BaseURL: c.SendGridBaseURL, From: c.EmailFrom})
+		if err != nil {
+			return nil, fmt.Errorf("email channel (NOTIFYD_SENDGRID_*, NOTIFYD_EMAIL_FROM): %w", err)
+		}
+		channels[notifier.ChannelEmail] = sender
+	} else {
+		logger.Warn("email channel off: set NOTIFYD_SENDGRID_API_KEY and NOTIFYD_EMAIL_FROM")
+	}
+	if c.FCMProjectID != "" {
+		sender, err := push.New(ctx, push.Config{ProjectID: c.FCMProjectID, Credentials: c.FCMCredentials, Endpoint: c.FCMEndpoint})
+		if err != nil {
+			return nil, fmt.Errorf("push channel (NOTIFYD_FCM_*): %w", err)
+		}
+		channels[notifier.ChannelPush] = sender
+	} else {
+		logger.Warn("push channel off: set NOTIFYD_FCM_PROJECT_ID (and NOTIFYD_FCM_CREDENTIALS)")
+	}
+	return channels, nil
+}
+
+func channelNames(channels map[string]notifier.Channel) []string {
+	var names []string
+	for name := range channels {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
 }

@@ -1,0 +1,323 @@
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Claim is the outcome of claiming a batch: the messages to send now, and why
+// nothing is to be sent if so.
+type Claim struct {
+	Messages []Message
+	// Stopped is set when the broadcast is paused, cancelled or gone: the batch
+	// must not send, whatever the queue does.
+	Stopped       bool
+	RatePerSecond *float64
+}
+
+// ClaimBatch moves the batch's pending deliveries to sending, right before the
+// provider call, and renders them. In the same statement it re-reads what must be
+// read live: the broadcast's status, the recipients' opt-outs and erasure; those
+// deliveries become suppressed instead. q must be the connection that holds the
+// broadcast's send lock (see queue), so cancel cannot slip in between.
+func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim, error) {
+	owner, ownerID := "broadcast_id", b.BroadcastID
+	if b.NotificationID != 0 {
+		owner, ownerID = "notification_id", b.NotificationID
+	}
+	var (
+		category   string
+		contentRaw []byte
+		cutoff     *time.Time
+		status     = StatusSending
+		rate       *float64
+	)
+	if b.BroadcastID != 0 {
+		err := q.QueryRow(ctx, `SELECT category, content, cutoff_at, status, rate_per_second FROM broadcasts WHERE id = $1`, b.BroadcastID).
+			Scan(&category, &contentRaw, &cutoff, &status, &rate)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return &Claim{Stopped: true}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if status != StatusExpanding && status != StatusSending {
+			return &Claim{Stopped: true}, nil
+		}
+	} else {
+		err := q.QueryRow(ctx, `SELECT category, content FROM notifications WHERE id = $1`, b.NotificationID).Scan(&category, &contentRaw)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return &Claim{Stopped: true}, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	required := slices.Contains(s.opts.RequiredCategories, category)
+	// owner is one of two fixed column names, never input.
+	rows, err := q.Query(ctx, `
+		UPDATE deliveries d SET
+			status = CASE WHEN x.reason IS NULL THEN 'sending' ELSE 'suppressed' END,
+			reason = x.reason,
+			attempts = d.attempts + CASE WHEN x.reason IS NULL THEN 1 ELSE 0 END,
+			claimed_at = now(),
+			finished_at = CASE WHEN x.reason IS NULL THEN NULL ELSE now() END
+		FROM (
+			SELECT d2.id, CASE
+				WHEN NOT EXISTS (SELECT 1 FROM recipients r WHERE r.id = d2.recipient_id AND NOT r.erased) THEN 'erased'
+				WHEN NOT $5 AND EXISTS (SELECT 1 FROM preferences p WHERE p.recipient_id = d2.recipient_id
+					AND p.categories -> $6 ->> d2.channel = 'false') THEN 'preference'
+				END AS reason
+			FROM deliveries d2
+			WHERE d2.`+owner+` = $1 AND d2.channel = $2 AND d2.id BETWEEN $3 AND $4 AND d2.status = 'pending'
+			FOR UPDATE
+		) x
+		WHERE d.id = x.id
+		RETURNING d.id, d.recipient_id, d.status, d.address`,
+		ownerID, b.Channel, b.FirstID, b.LastID, required, category)
+	if err != nil {
+		return nil, err
+	}
+	type claimed struct {
+		id        int64
+		recipient string
+		address   *string
+	}
+	var list []claimed
+	for rows.Next() {
+		var c claimed
+		var st string
+		if err := rows.Scan(&c.id, &c.recipient, &st, &c.address); err != nil {
+			return nil, err
+		}
+		if st == DeliverySending {
+			list = append(list, c)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	claim := &Claim{RatePerSecond: rate}
+	if len(list) == 0 {
+		return claim, nil
+	}
+	content := &Content{}
+	if err := json.Unmarshal(contentRaw, content); err != nil {
+		return nil, err
+	}
+	cc, err := compileContent(content)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(list))
+	for i, c := range list {
+		ids[i] = c.recipient
+	}
+	people, err := s.templateRecipients(ctx, q, ids, cutoff)
+	if err != nil {
+		return nil, err
+	}
+	var tokens map[string][]string
+	if b.Channel == ChannelPush {
+		if tokens, err = activeTokens(ctx, q, ids); err != nil {
+			return nil, err
+		}
+	}
+	var failed []SendResult
+	for _, c := range list {
+		m := Message{DeliveryID: c.id, BroadcastID: b.BroadcastID, NotificationID: b.NotificationID, RecipientID: c.recipient, Category: category}
+		person := people[c.recipient]
+		if c.address != nil {
+			person.Email = *c.address // the address as of the cut-off
+		}
+		if err := cc.render(b.Channel, &TemplateData{Recipient: person}, &m); err != nil {
+			failed = append(failed, SendResult{DeliveryID: c.id, Err: &SendError{Class: Permanent, Reason: "template", Err: err}})
+			continue
+		}
+		if m.Push != nil {
+			m.Push.Tokens = tokens[c.recipient]
+			if len(m.Push.Tokens) == 0 {
+				failed = append(failed, SendResult{DeliveryID: c.id, Err: &SendError{Class: Permanent, Reason: "no_device", Err: errors.New("no active device")}})
+				continue
+			}
+		}
+		claim.Messages = append(claim.Messages, m)
+	}
+	if len(failed) > 0 {
+		if _, err := s.RecordResults(ctx, q, failed, RecordOpts{}); err != nil {
+			return nil, err
+		}
+	}
+	return claim, nil
+}
+
+// templateRecipients loads recipients as of cutoff (nil: now) for rendering.
+func (s *Service) templateRecipients(ctx context.Context, q DB, ids []string, cutoff *time.Time) (map[string]TemplateRecipient, error) {
+	args := &sqlArgs{}
+	relation, _ := audienceSQL(nil, cutoff, args)
+	rows, err := q.Query(ctx, "SELECT r.id, r.email, r.locale, r.timezone, r.attributes FROM "+relation+" AS r WHERE r.id = ANY("+args.add(ids)+"::text[])", args.values...)
+	if err != nil {
+		return nil, err
+	}
+	list, err := pgx.CollectRows(rows, scanTemplateRecipient)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]TemplateRecipient, len(list))
+	for _, r := range list {
+		out[r.ID] = r
+	}
+	return out, nil
+}
+
+func activeTokens(ctx context.Context, q DB, ids []string) (map[string][]string, error) {
+	rows, err := q.Query(ctx, `SELECT recipient_id, token FROM devices WHERE recipient_id = ANY($1) AND valid_to IS NULL ORDER BY recipient_id, valid_from`, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string][]string{}
+	for rows.Next() {
+		var r, t string
+		if err := rows.Scan(&r, &t); err != nil {
+			return nil, err
+		}
+		out[r] = append(out[r], t)
+	}
+	return out, rows.Err()
+}
+
+// RecordOpts says how to treat retryable failures.
+type RecordOpts struct {
+	// FinalAttempt: the job will not run again, so a retryable failure is
+	// recorded as failed rather than put back to pending.
+	FinalAttempt bool
+	Attempts     int
+}
+
+// RecordSummary counts what RecordResults wrote.
+type RecordSummary struct {
+	Sent, Failed, Unknown, Retry int
+	// RetryAfter is the longest wait a rate-limited provider asked for.
+	RetryAfter time.Duration
+	// RateLimited is set when any message was refused with 429.
+	RateLimited bool
+	// LastError describes one retryable failure, for the job's error.
+	LastError error
+}
+
+// RecordResults writes what the provider said, in one statement: sent with the
+// provider id; failed with the reason; unknown where the request may have reached
+// the provider (never resent); back to pending for a retry otherwise. Only rows
+// still in sending are touched, so a late record cannot undo a sweep.
+func (s *Service) RecordResults(ctx context.Context, q DB, results []SendResult, opts RecordOpts) (RecordSummary, error) {
+	var sum RecordSummary
+	n := len(results)
+	ids := make([]int64, 0, n)
+	statuses := make([]string, 0, n)
+	providerIDs := make([]*string, 0, n)
+	reasons := make([]*string, 0, n)
+	lastErrors := make([]*string, 0, n)
+	var deadTokens []string
+	for _, r := range results {
+		deadTokens = append(deadTokens, r.DeadTokens...)
+		ids = append(ids, r.DeliveryID)
+		if r.Err == nil {
+			pid := r.ProviderID
+			statuses, providerIDs, reasons, lastErrors = append(statuses, DeliverySent), append(providerIDs, &pid), append(reasons, nil), append(lastErrors, nil)
+			sum.Sent++
+			continue
+		}
+		se := AsSendError(r.Err)
+		msg := truncate(se.Error(), 500)
+		reason := se.Reason
+		status := DeliveryFailed
+		switch {
+		case se.MaybeSent:
+			status = DeliveryUnknown
+			sum.Unknown++
+		case se.Class == Permanent:
+			sum.Failed++
+		case opts.FinalAttempt:
+			reason = "gave_up: " + se.Reason + " after " + strconv.Itoa(opts.Attempts) + " attempts"
+			sum.Failed++
+		default:
+			status = DeliveryPending
+			sum.Retry++
+			sum.LastError = se
+			if se.Class == RateLimited {
+				sum.RateLimited = true
+			}
+			sum.RetryAfter = max(sum.RetryAfter, se.RetryAfter)
+		}
+		statuses, providerIDs, reasons, lastErrors = append(statuses, status), append(providerIDs, nil), append(reasons, &reason), append(lastErrors, &msg)
+	}
+	if n > 0 {
+		_, err := q.Exec(ctx, `
+			UPDATE deliveries d SET status = u.status, provider_id = coalesce(u.provider_id, d.provider_id),
+				reason = CASE WHEN u.status = 'pending' THEN d.reason ELSE u.reason END, last_error = u.last_error,
+				finished_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, status, provider_id, reason, last_error)
+			WHERE d.id = u.id AND d.status = 'sending'`, ids, statuses, providerIDs, reasons, lastErrors)
+		if err != nil {
+			return sum, fmt.Errorf("recording results: %w", err)
+		}
+	}
+	if len(deadTokens) > 0 {
+		if _, err := q.Exec(ctx, `UPDATE devices SET valid_to = now(), closed_reason = 'unregistered'
+			WHERE token = ANY($1) AND valid_to IS NULL`, deadTokens); err != nil {
+			return sum, err
+		}
+	}
+	return sum, nil
+}
+
+// FinishBatch marks the broadcast completed if this batch was the last open work.
+func (s *Service) FinishBatch(ctx context.Context, q DB, b DeliveryBatch) error {
+	if b.BroadcastID == 0 {
+		return nil
+	}
+	return completeIfDone(ctx, q, b.BroadcastID)
+}
+
+// SweepInterrupted marks deliveries claimed longer ago than olderThan and never
+// recorded as unknown: their worker died between claim and record, so the
+// provider may or may not have them. They are never resent (at most once).
+func (s *Service) SweepInterrupted(ctx context.Context, olderThan time.Duration) (int64, error) {
+	rows, err := s.pool.Query(ctx, `
+		UPDATE deliveries SET status = 'unknown', reason = 'interrupted', finished_at = now(),
+			last_error = 'the worker stopped between claim and record'
+		WHERE status = 'sending' AND claimed_at < now() - $1::interval
+		RETURNING broadcast_id`, olderThan)
+	if err != nil {
+		return 0, err
+	}
+	broadcasts, err := pgx.CollectRows(rows, pgx.RowTo[*int64])
+	if err != nil {
+		return 0, err
+	}
+	seen := map[int64]bool{}
+	for _, b := range broadcasts {
+		if b != nil && !seen[*b] {
+			seen[*b] = true
+			if err := completeIfDone(ctx, s.pool, *b); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return int64(len(broadcasts)), nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

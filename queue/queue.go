@@ -1,0 +1,173 @@
+// Package queue wires notifyd's work onto River: the job kinds, their workers and
+// queues, and the periodic maintenance. The rules of once-only and cancel live in
+// notifier (the claim); River only decides when work runs.
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/notifyd/notifyd/notifier"
+)
+
+// Queue names. Notifications have their own queue and workers, so a broadcast
+// backlog never stands in front of them.
+const (
+	QueueTransactional = "transactional"
+	QueueBulk          = "bulk"
+	QueueExpand        = "expand"
+	QueueMaintenance   = "maintenance"
+)
+
+// ExpandArgs expands one broadcast's audience into deliveries.
+type ExpandArgs struct {
+	BroadcastID int64 `json:"broadcast_id"`
+}
+
+func (ExpandArgs) Kind() string { return "notifyd.expand" }
+
+// DeliverArgs delivers one batch of deliveries.
+type DeliverArgs struct {
+	notifier.DeliveryBatch
+}
+
+func (DeliverArgs) Kind() string { return "notifyd.deliver" }
+
+// MaintenanceArgs runs the periodic housekeeping.
+type MaintenanceArgs struct{}
+
+func (MaintenanceArgs) Kind() string { return "notifyd.maintenance" }
+
+// Config configures a Queue.
+type Config struct {
+	Pool     *pgxpool.Pool
+	Channels map[string]notifier.Channel
+	Logger   *slog.Logger
+	// Limiter paces provider calls; nil means unlimited.
+	Limiter Limiter
+	// Workers: run jobs in this process (false: insert only, for the API role).
+	Workers bool
+	// BulkWorkers and TransactionalWorkers size the delivery queues.
+	BulkWorkers, TransactionalWorkers int
+	// SendTimeout bounds one provider call; claims older than twice this with no
+	// record are swept to unknown.
+	SendTimeout time.Duration
+}
+
+// Limiter paces provider calls (see ratelimit.go).
+type Limiter interface {
+	Wait(ctx context.Context, channel string, n int, perBroadcast *float64, broadcastID int64) error
+}
+
+// Queue is the River client with notifyd's workers.
+type Queue struct {
+	client *river.Client[pgx.Tx]
+	cfg    Config
+	// svc is set by Start: the service enqueues through the Queue, and the
+	// workers act through the service.
+	svc *notifier.Service
+}
+
+var _ notifier.Enqueuer = (*Queue)(nil)
+
+// New builds the River client. With cfg.Workers it also registers the workers.
+func New(cfg Config) (*Queue, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.SendTimeout == 0 {
+		cfg.SendTimeout = 30 * time.Second
+	}
+	if cfg.BulkWorkers == 0 {
+		cfg.BulkWorkers = 16
+	}
+	if cfg.TransactionalWorkers == 0 {
+		cfg.TransactionalWorkers = 8
+	}
+	q := &Queue{cfg: cfg}
+	riverCfg := &river.Config{
+		Logger:      cfg.Logger,
+		MaxAttempts: 12,
+		// Every job is short: a chunk of expansion or one provider batch. A job
+		// whose process died is rescued (run again) after this; the claim makes a
+		// rerun safe.
+		JobTimeout:           2 * time.Minute,
+		RescueStuckJobsAfter: 3 * time.Minute,
+		FetchCooldown:        20 * time.Millisecond,
+		FetchPollInterval:    200 * time.Millisecond,
+	}
+	if cfg.Workers {
+		workers := river.NewWorkers()
+		river.AddWorker(workers, &expandWorker{q: q})
+		river.AddWorker(workers, &deliverWorker{q: q})
+		river.AddWorker(workers, &maintenanceWorker{q: q})
+		riverCfg.Workers = workers
+		riverCfg.Queues = map[string]river.QueueConfig{
+			QueueTransactional: {MaxWorkers: cfg.TransactionalWorkers},
+			QueueBulk:          {MaxWorkers: cfg.BulkWorkers},
+			QueueExpand:        {MaxWorkers: 2},
+			QueueMaintenance:   {MaxWorkers: 1},
+		}
+		riverCfg.PeriodicJobs = []*river.PeriodicJob{
+			river.NewPeriodicJob(river.PeriodicInterval(15*time.Second), func() (river.JobArgs, *river.InsertOpts) {
+				return MaintenanceArgs{}, &river.InsertOpts{Queue: QueueMaintenance, UniqueOpts: river.UniqueOpts{ByPeriod: 15 * time.Second}}
+			}, &river.PeriodicJobOpts{RunOnStart: true}),
+		}
+	}
+	client, err := river.NewClient(riverpgxv5.New(cfg.Pool), riverCfg)
+	if err != nil {
+		return nil, err
+	}
+	q.client = client
+	return q, nil
+}
+
+// Start starts working jobs through svc (Workers only).
+func (q *Queue) Start(ctx context.Context, svc *notifier.Service) error {
+	q.svc = svc
+	return q.client.Start(ctx)
+}
+
+// Stop lets running jobs finish, up to ctx's deadline, then cancels them.
+func (q *Queue) Stop(ctx context.Context) error {
+	err := q.client.Stop(ctx)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		hardCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		return q.client.StopAndCancel(hardCtx)
+	}
+	return err
+}
+
+// Client exposes the River client (tests, tools).
+func (q *Queue) Client() *river.Client[pgx.Tx] { return q.client }
+
+// EnqueueExpandTx implements notifier.Enqueuer.
+func (q *Queue) EnqueueExpandTx(ctx context.Context, tx pgx.Tx, broadcastID int64, at time.Time) error {
+	_, err := q.client.InsertTx(ctx, tx, ExpandArgs{BroadcastID: broadcastID}, &river.InsertOpts{Queue: QueueExpand, ScheduledAt: at})
+	return err
+}
+
+// EnqueueDeliveriesTx implements notifier.Enqueuer with one bulk insert.
+func (q *Queue) EnqueueDeliveriesTx(ctx context.Context, tx pgx.Tx, batches []notifier.DeliveryBatch, transactional bool) error {
+	opts := &river.InsertOpts{Queue: QueueBulk, Priority: 2}
+	if transactional {
+		opts = &river.InsertOpts{Queue: QueueTransactional, Priority: 1}
+	}
+	params := make([]river.InsertManyParams, len(batches))
+	for i, b := range batches {
+		params[i] = river.InsertManyParams{Args: DeliverArgs{DeliveryBatch: b}, InsertOpts: opts}
+	}
+	if _, err := q.client.InsertManyFastTx(ctx, tx, params); err != nil {
+		return fmt.Errorf("enqueue deliveries: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,119 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/riverqueue/river"
+
+	"github.com/notifyd/notifyd/notifier"
+)
+
+// expandWorker expands a broadcast a slice at a time; a long audience continues
+// in a follow-up job so that no job runs long (and a rescued one redoes little).
+type expandWorker struct {
+	river.WorkerDefaults[ExpandArgs]
+	q *Queue
+}
+
+func (w *expandWorker) Work(ctx context.Context, job *river.Job[ExpandArgs]) error {
+	res, err := w.q.svc.ExpandBroadcast(ctx, job.Args.BroadcastID, 20*time.Second)
+	if err != nil {
+		return fmt.Errorf("expand broadcast %d: %w", job.Args.BroadcastID, err)
+	}
+	w.q.cfg.Logger.InfoContext(ctx, "expanded", "broadcast_id", job.Args.BroadcastID, "recipients", res.Recipients, "done", res.Done)
+	if !res.Done {
+		_, err := w.q.client.Insert(ctx, job.Args, &river.InsertOpts{Queue: QueueExpand})
+		return err
+	}
+	return nil
+}
+
+// deliverWorker sends one batch: pace, lock, claim, send, record.
+type deliverWorker struct {
+	river.WorkerDefaults[DeliverArgs]
+	q *Queue
+}
+
+func (w *deliverWorker) Timeout(*river.Job[DeliverArgs]) time.Duration {
+	return 2*w.q.cfg.SendTimeout + time.Minute
+}
+
+func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) error {
+	b := job.Args.DeliveryBatch
+	svc, log := w.q.svc, w.q.cfg.Logger
+	channel := w.q.cfg.Channels[b.Channel]
+	if channel == nil {
+		return fmt.Errorf("channel %q is not configured in this worker", b.Channel)
+	}
+	// Pace before taking the send lock: a batch waiting for its turn must not
+	// hold up a cancel.
+	if w.q.cfg.Limiter != nil {
+		if err := w.q.cfg.Limiter.Wait(ctx, b.Channel, b.Count, nil, b.BroadcastID); err != nil {
+			return err
+		}
+	}
+	var conn notifier.DB = svc.Pool()
+	if b.BroadcastID != 0 {
+		lock, err := svc.AcquireSendLock(ctx, b.BroadcastID)
+		if err != nil {
+			return err
+		}
+		defer lock.Release(ctx)
+		conn = lock.Conn
+	}
+	claim, err := svc.ClaimBatch(ctx, conn, b)
+	if err != nil {
+		return fmt.Errorf("claim: %w", err)
+	}
+	if claim.Stopped || len(claim.Messages) == 0 {
+		return svc.FinishBatch(ctx, conn, b)
+	}
+	sendCtx, cancel := context.WithTimeout(ctx, w.q.cfg.SendTimeout)
+	results := channel.Send(sendCtx, claim.Messages)
+	cancel()
+	// Record even if the job's context ended (shutdown): what the provider said
+	// must not be lost.
+	recordCtx, cancelRecord := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancelRecord()
+	final := job.Attempt >= job.MaxAttempts
+	sum, err := svc.RecordResults(recordCtx, conn, results, notifier.RecordOpts{FinalAttempt: final, Attempts: job.Attempt})
+	if err != nil {
+		return err
+	}
+	if err := svc.FinishBatch(recordCtx, conn, b); err != nil {
+		return err
+	}
+	log.DebugContext(ctx, "batch delivered", "broadcast_id", b.BroadcastID, "notification_id", b.NotificationID,
+		"channel", b.Channel, "sent", sum.Sent, "failed", sum.Failed, "unknown", sum.Unknown, "retry", sum.Retry)
+	if sum.Retry > 0 {
+		if sum.RateLimited {
+			// Not an attempt: the provider asked us to wait.
+			return river.JobSnooze(max(sum.RetryAfter, time.Second))
+		}
+		return fmt.Errorf("%d deliveries to retry: %w", sum.Retry, sum.LastError)
+	}
+	return nil
+}
+
+// maintenanceWorker sweeps interrupted claims and expired idempotency keys.
+type maintenanceWorker struct {
+	river.WorkerDefaults[MaintenanceArgs]
+	q *Queue
+}
+
+func (w *maintenanceWorker) Work(ctx context.Context, job *river.Job[MaintenanceArgs]) error {
+	svc, log := w.q.svc, w.q.cfg.Logger
+	swept, err := svc.SweepInterrupted(ctx, 2*w.q.cfg.SendTimeout+30*time.Second)
+	if err != nil {
+		return err
+	}
+	if swept > 0 {
+		log.WarnContext(ctx, "deliveries interrupted between claim and record marked unknown", "count", swept)
+	}
+	if _, err := svc.DeleteExpiredIdempotencyKeys(ctx); err != nil {
+		return err
+	}
+	return nil
+}
