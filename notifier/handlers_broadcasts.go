@@ -1,6 +1,7 @@
 package notifier
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -16,11 +17,6 @@ func handleIdempotentCreate[T validator](svc *Service, logger *slog.Logger, requ
 	return func(w http.ResponseWriter, r *http.Request) {
 		key := APIKeyFrom(r.Context())
 		idemKey := r.Header.Get("Idempotency-Key")
-		if idemKey == "" {
-			writeError(w, r, logger, &Error{Code: EBADREQUEST, Message: "an Idempotency-Key header is required for this request",
-				Fields: map[string]string{"Idempotency-Key": "is required"}})
-			return
-		}
 		raw, err := readBody(w, r, defaultBodyLimit)
 		if err != nil {
 			writeError(w, r, logger, err)
@@ -142,5 +138,44 @@ func handleGetNotification(svc *Service, logger *slog.Logger) http.HandlerFunc {
 			}
 		}
 		writeError(w, r, logger, err)
+	}
+}
+
+func handleControlBroadcast(svc *Service, logger *slog.Logger, action func(*Service, context.Context, string, int64) (*ControlResult, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		id, err := pathID(r, "id")
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		res, err := action(svc, r.Context(), APIKeyFrom(r.Context()).Name, id)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		encode(w, http.StatusOK, res)
+	}
+}
+
+func handleListAudit(svc *Service, logger *slog.Logger) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		limit, err := queryInt(r, "limit")
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		var broadcastID int64
+		if v := r.URL.Query().Get("broadcast"); v != "" {
+			if broadcastID, err = strconv.ParseInt(v, 10, 64); err != nil || broadcastID <= 0 {
+				writeError(w, r, logger, Invalid(map[string]string{"broadcast": "must be a broadcast id"}))
+				return
+			}
+		}
+		page, err := svc.FindAuditEntries(r.Context(), broadcastID, limit, r.URL.Query().Get("cursor"))
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		encode(w, http.StatusOK, page)
 	}
 }

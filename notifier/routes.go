@@ -62,5 +62,13 @@ func NewServer(svc *Service, logger *slog.Logger, opts *ServerOpts) http.Handler
 		r.Post("/notifications", handleCreateNotification(svc, logger))
 		r.Get("/notifications/{id}", handleGetNotification(svc, logger))
 	})
+
+	r.Route("/admin/v1", func(r chi.Router) {
+		r.Use(requireScope(svc, ScopeAdmin))
+		r.Post("/broadcasts/{id}/cancel", handleControlBroadcast(svc, logger, (*Service).CancelBroadcast))
+		r.Post("/broadcasts/{id}/pause", handleControlBroadcast(svc, logger, (*Service).PauseBroadcast))
+		r.Post("/broadcasts/{id}/resume", handleControlBroadcast(svc, logger, (*Service).ResumeBroadcast))
+		r.Get("/audit", handleListAudit(svc, logger))
+	})
 	return r
 }

@@ -29,6 +29,7 @@ type config struct {
 	PublicURL          string
 	RequiredCategories string
 	LogFormat          string
+	BulkWorkers        int
 	ShutdownTimeout    time.Duration
 }
 
@@ -68,6 +69,11 @@ func bindConfig(fs *flag.FlagSet, getenv func(string) string, c *config) {
 	str(&c.PublicURL, "public-url", "NOTIFYD_PUBLIC_URL", "", "base URL that links in messages point to")
 	str(&c.RequiredCategories, "required-categories", "NOTIFYD_REQUIRED_CATEGORIES", "security,legal", "comma-separated categories nobody can opt out of")
 	str(&c.LogFormat, "log-format", "NOTIFYD_LOG_FORMAT", "json", "log format: json or text")
+	workers := 16
+	if v, err := strconv.Atoi(getenv("NOTIFYD_BULK_WORKERS")); err == nil {
+		workers = v
+	}
+	fs.IntVar(&c.BulkWorkers, "bulk-workers", workers, "broadcast delivery batches worked at once per process (NOTIFYD_BULK_WORKERS)")
 	dur := 30 * time.Second
 	if v, err := time.ParseDuration(getenv("NOTIFYD_SHUTDOWN_TIMEOUT")); err == nil {
 		dur = v
@@ -94,6 +100,9 @@ func (c *config) validate() error {
 		if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme == "" || u.Host == "" {
 			errs = append(errs, fmt.Errorf("NOTIFYD_PUBLIC_URL must be an absolute URL like https://notify.example.com, not %q", c.PublicURL))
 		}
+	}
+	if c.BulkWorkers < 1 || c.BulkWorkers > 1000 {
+		errs = append(errs, fmt.Errorf("NOTIFYD_BULK_WORKERS must be 1 to 1000, not %d", c.BulkWorkers))
 	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("NOTIFYD_LOG_FORMAT must be json or text, not %q", c.LogFormat))

@@ -387,3 +387,20 @@ func TestNotificationAndCrashBetweenClaimAndSend(t *testing.T) {
 		t.Fatalf("unknown deliveries = %d, want 1", unknown)
 	}
 }
+
+func (e *e2e) sendOnlyKey(t *testing.T) string {
+	t.Helper()
+	out, err := runCommand(t, e.env, "apikey", "create", "--name", fmt.Sprintf("send-only-%d", time.Now().UnixNano()), "--scopes", "send")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
+}
+
+func (e *e2e) callWith(t *testing.T, key, method, path string) (int, http.Header, map[string]any) {
+	t.Helper()
+	saved := *e
+	saved.key = key
+	return saved.call(t, method, path, "", nil)
+}

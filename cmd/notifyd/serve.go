@@ -49,7 +49,7 @@ type serveHooks struct {
 func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, hooks *serveHooks) error {
 	runAPI := c.Role == "all" || c.Role == "api"
 	runWorkers := c.Role == "all" || c.Role == "worker"
-	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers}
+	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers}
 	if runWorkers {
 		channels, err := buildChannels(ctx, c, pool, logger)
 		if err != nil {

@@ -1,0 +1,276 @@
+package notifier
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Operator actions on a broadcast.
+const (
+	ActionCancel = "cancel"
+	ActionPause  = "pause"
+	ActionResume = "resume"
+)
+
+// ControlResult is what cancel, pause and resume answer: the broadcast's status
+// and its counts once the action took effect.
+type ControlResult struct {
+	ID      int64         `json:"id"`
+	Action  string        `json:"action"`
+	Status  string        `json:"status"`
+	Changed bool          `json:"changed"` // false when it was already so
+	Counts  ControlCounts `json:"counts"`
+}
+
+// ControlCounts are the counts at the moment an action took effect. InFlight is
+// deliveries claimed but never recorded (their worker died); they become unknown.
+type ControlCounts struct {
+	Sent       int64 `json:"sent"`
+	InFlight   int64 `json:"in_flight"`
+	Pending    int64 `json:"pending"`
+	Cancelled  int64 `json:"cancelled"`
+	Failed     int64 `json:"failed"`
+	Suppressed int64 `json:"suppressed"`
+	Unknown    int64 `json:"unknown"`
+}
+
+// CancelBroadcast stops a broadcast for good. It takes the broadcast's send lock
+// exclusively, so it returns only after every provider call that had claimed its
+// deliveries has finished and been recorded; then it marks the broadcast
+// cancelled and every pending delivery cancelled, in one transaction. No claim
+// can succeed afterwards, whatever the job queue re-runs.
+func (s *Service) CancelBroadcast(ctx context.Context, actor string, id int64) (*ControlResult, error) {
+	return s.control(ctx, actor, id, ActionCancel)
+}
+
+// PauseBroadcast stops new sends like cancel, but leaves pending deliveries
+// pending for ResumeBroadcast.
+func (s *Service) PauseBroadcast(ctx context.Context, actor string, id int64) (*ControlResult, error) {
+	return s.control(ctx, actor, id, ActionPause)
+}
+
+// ResumeBroadcast continues a paused broadcast from each delivery's own state: it
+// enqueues jobs for the deliveries still pending (and the rest of the expansion),
+// so nothing already sent is sent again. A cancelled broadcast cannot resume.
+func (s *Service) ResumeBroadcast(ctx context.Context, actor string, id int64) (*ControlResult, error) {
+	return s.control(ctx, actor, id, ActionResume)
+}
+
+func (s *Service) control(ctx context.Context, actor string, id int64, action string) (*ControlResult, error) {
+	res := &ControlResult{ID: id, Action: action}
+	err := s.inTx(ctx, func(tx pgx.Tx) error {
+		// Waits for in-flight batches (they hold it shared) and holds new ones off.
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, $2)", int32(sendLockClass), int32(id)); err != nil {
+			return err
+		}
+		var status string
+		var expanded bool
+		var sendAt *time.Time
+		err := tx.QueryRow(ctx, `SELECT status, expanded, send_at FROM broadcasts WHERE id = $1 FOR UPDATE`, id).Scan(&status, &expanded, &sendAt)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return Errorf(ENOTFOUND, "broadcast %d not found", id)
+		}
+		if err != nil {
+			return err
+		}
+		next, err := nextStatus(action, status, expanded, sendAt)
+		if err != nil {
+			return err
+		}
+		res.Status, res.Changed = next, next != status
+		if res.Changed {
+			if err := s.applyControl(ctx, tx, id, action, next, expanded, sendAt); err != nil {
+				return err
+			}
+		}
+		if res.Counts, err = controlCounts(ctx, tx, id); err != nil {
+			return err
+		}
+		detail := "from " + status
+		if !res.Changed {
+			detail = "already " + status
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO audit_log (actor, action, broadcast_id, counts, detail) VALUES ($1, $2, $3, $4, $5)`,
+			actor, action, id, res.Counts, detail)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.logger.InfoContext(ctx, "broadcast "+action, "broadcast_id", id, "actor", actor, "status", res.Status,
+		"sent", res.Counts.Sent, "cancelled", res.Counts.Cancelled, "pending", res.Counts.Pending)
+	return res, nil
+}
+
+// nextStatus is the state machine of operator actions.
+func nextStatus(action, status string, expanded bool, sendAt *time.Time) (string, error) {
+	active := []string{StatusScheduled, StatusExpanding, StatusSending}
+	switch action {
+	case ActionCancel:
+		if status == StatusCancelled || status == StatusPaused || slices.Contains(active, status) {
+			return StatusCancelled, nil
+		}
+	case ActionPause:
+		if status == StatusPaused || slices.Contains(active, status) {
+			return StatusPaused, nil
+		}
+	case ActionResume:
+		if slices.Contains(active, status) {
+			return status, nil
+		}
+		if status == StatusPaused {
+			switch {
+			case sendAt != nil && sendAt.After(time.Now()):
+				return StatusScheduled, nil
+			case !expanded:
+				return StatusExpanding, nil
+			}
+			return StatusSending, nil
+		}
+	}
+	return "", Errorf(ECONFLICT, "cannot %s a broadcast that is %s", action, status)
+}
+
+func (s *Service) applyControl(ctx context.Context, tx pgx.Tx, id int64, action, next string, expanded bool, sendAt *time.Time) error {
+	if _, err := tx.Exec(ctx, `UPDATE broadcasts SET status = $2, updated_at = now(),
+			cancelled_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE cancelled_at END WHERE id = $1`, id, next); err != nil {
+		return err
+	}
+	switch action {
+	case ActionCancel:
+		_, err := tx.Exec(ctx, `UPDATE deliveries SET status = 'cancelled', reason = 'cancelled', finished_at = now()
+			WHERE broadcast_id = $1 AND status = 'pending'`, id)
+		return err
+	case ActionResume:
+		if !expanded {
+			at := time.Now()
+			if sendAt != nil && sendAt.After(at) {
+				at = *sendAt
+			}
+			if err := s.opts.Enqueuer.EnqueueExpandTx(ctx, tx, id, at); err != nil {
+				return err
+			}
+		}
+		return s.enqueuePending(ctx, tx, id)
+	}
+	return nil
+}
+
+// enqueuePending puts new delivery jobs on the queue for a broadcast's pending
+// deliveries. Older jobs for the same rows may still run: the claim lets each
+// delivery through once.
+func (s *Service) enqueuePending(ctx context.Context, tx pgx.Tx, id int64) error {
+	var channels []string
+	if err := tx.QueryRow(ctx, `SELECT channels FROM broadcasts WHERE id = $1`, id).Scan(&channels); err != nil {
+		return err
+	}
+	for _, ch := range channels {
+		rows, err := tx.Query(ctx, `SELECT id FROM deliveries WHERE broadcast_id = $1 AND status = 'pending' AND channel = $2 ORDER BY id`, id, ch)
+		if err != nil {
+			return err
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return err
+		}
+		if batches := cutBatches(DeliveryBatch{BroadcastID: id, Channel: ch}, ids); len(batches) > 0 {
+			if err := s.opts.Enqueuer.EnqueueDeliveriesTx(ctx, tx, batches, false); err != nil {
+				return err
+			}
+		}
+	}
+	return completeIfDone(ctx, tx, id)
+}
+
+func controlCounts(ctx context.Context, q DB, id int64) (ControlCounts, error) {
+	var c ControlCounts
+	rows, err := q.Query(ctx, `SELECT status, count(*) FROM deliveries WHERE broadcast_id = $1 GROUP BY status`, id)
+	if err != nil {
+		return c, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var status string
+		var n int64
+		if err := rows.Scan(&status, &n); err != nil {
+			return c, err
+		}
+		switch status {
+		case DeliverySent:
+			c.Sent = n
+		case DeliverySending:
+			c.InFlight = n
+		case DeliveryPending:
+			c.Pending = n
+		case DeliveryCancelled:
+			c.Cancelled = n
+		case DeliveryFailed:
+			c.Failed = n
+		case DeliverySuppressed:
+			c.Suppressed = n
+		case DeliveryUnknown:
+			c.Unknown = n
+		}
+	}
+	return c, rows.Err()
+}
+
+// AuditEntry is one operator action.
+type AuditEntry struct {
+	ID          int64         `json:"id"`
+	At          time.Time     `json:"at"`
+	Actor       string        `json:"actor"`
+	Action      string        `json:"action"`
+	BroadcastID *int64        `json:"broadcast_id,omitempty"`
+	Counts      ControlCounts `json:"counts"`
+	Detail      string        `json:"detail,omitempty"`
+}
+
+// AuditPage is one page of the audit log, newest first.
+type AuditPage struct {
+	Entries    []*AuditEntry `json:"entries"`
+	NextCursor string        `json:"next_cursor,omitempty"`
+}
+
+// FindAuditEntries lists operator actions, optionally for one broadcast.
+func (s *Service) FindAuditEntries(ctx context.Context, broadcastID int64, limit int, cursor string) (*AuditPage, error) {
+	problems := map[string]string{}
+	limit, err := pageLimit(limit)
+	if err != nil {
+		problems["limit"] = err.Error()
+	}
+	before := int64(1<<63 - 1)
+	if cursor != "" {
+		if before, err = decodeIDCursor(cursor); err != nil {
+			problems["cursor"] = "is not a cursor from a previous page"
+		}
+	}
+	if err := Invalid(problems); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, at, actor, action, broadcast_id, counts, detail FROM audit_log
+		WHERE id < $1 AND ($2 = 0 OR broadcast_id = $2) ORDER BY id DESC LIMIT $3`, before, broadcastID, limit+1)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (*AuditEntry, error) {
+		e := &AuditEntry{}
+		return e, row.Scan(&e.ID, &e.At, &e.Actor, &e.Action, &e.BroadcastID, &e.Counts, &e.Detail)
+	})
+	if err != nil {
+		return nil, err
+	}
+	page := &AuditPage{Entries: entries}
+	if len(entries) > limit {
+		page.Entries = entries[:limit]
+		page.NextCursor = encodeIDCursor(entries[limit-1].ID)
+	}
+	if page.Entries == nil {
+		page.Entries = []*AuditEntry{}
+	}
+	return page, nil
+}
