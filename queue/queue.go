@@ -152,7 +152,13 @@ func (q *Queue) Client() *river.Client[pgx.Tx] { return q.client }
 
 // EnqueueExpandTx implements notifier.Enqueuer.
 func (q *Queue) EnqueueExpandTx(ctx context.Context, tx pgx.Tx, broadcastID int64, at time.Time) error {
-	_, err := q.client.InsertTx(ctx, tx, ExpandArgs{BroadcastID: broadcastID}, &river.InsertOpts{Queue: QueueExpand, ScheduledAt: at})
+	opts := &river.InsertOpts{Queue: QueueExpand}
+	// Only a future time goes to River: any ScheduledAt makes the job wait for
+	// River's scheduler (seconds) even when it is already due.
+	if at.After(time.Now()) {
+		opts.ScheduledAt = at
+	}
+	_, err := q.client.InsertTx(ctx, tx, ExpandArgs{BroadcastID: broadcastID}, opts)
 	return err
 }
 

@@ -68,7 +68,16 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if _, err := migrations.Migrate(ctx, pool); err != nil {
 		return err
 	}
+	fakes, err := startDevFakes(c)
+	if err != nil {
+		return err
+	}
+	defer fakes.Close()
 	svc := notifier.NewService(pool, logger, nil)
+	demo, err := loadDemoRecipients(ctx, pool, svc)
+	if err != nil {
+		return err
+	}
 	_, secret, err := svc.CreateAPIKey(ctx, "dev-"+time.Now().UTC().Format("20060102T150405.000"), []string{notifier.ScopeSend, notifier.ScopeAdmin})
 	if err != nil {
 		return err
@@ -80,12 +89,21 @@ notifyd dev is running at %s
 database: %s
 admin API key (scopes send, admin):
   export NOTIFYD_KEY=%s
-try:
-  curl -s -X PUT %s/v1/recipients/ada -H "Authorization: Bearer $NOTIFYD_KEY" \
-    -H 'Content-Type: application/json' -d '{"email":"ada@example.com","attributes":{"plan":"pro"}}'
+`, base, redactURL(databaseURL), secret)
+		if demo > 0 {
+			fmt.Fprintf(stdout, "loaded %d demo recipients (ada, grace, alan, ...), each with an email and a device\n", demo)
+		}
+		if fakes.SendGridURL != "" {
+			fmt.Fprintf(stdout, "fake SendGrid: what it received is at %s/_fake/\n", fakes.SendGridURL)
+		}
+		if fakes.FCMURL != "" {
+			fmt.Fprintf(stdout, "fake FCM:      what it received is at %s/_fake/\n", fakes.FCMURL)
+		}
+		fmt.Fprintf(stdout, `send a broadcast to everyone and watch it:
+%s
   curl -s %s/v1/segments/all/count -H "Authorization: Bearer $NOTIFYD_KEY"
 Ctrl-C stops everything.
-`, base, redactURL(databaseURL), secret, base, base)
+`, devBroadcastExample(base), base)
 	}}
 	return serve(ctx, c, pool, logger, hooks)
 }
