@@ -54,6 +54,8 @@ type BroadcastInput struct {
 	SendAt        *time.Time    `json:"send_at,omitempty"`
 	DedupeKey     string        `json:"dedupe_key,omitempty"`
 	RatePerSecond *float64      `json:"rate_per_second,omitempty"`
+	// DryRun answers what the broadcast would do and creates nothing.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 func (in *BroadcastInput) content() *Content {
@@ -266,9 +268,16 @@ func (s *Service) CreateBroadcastTx(ctx context.Context, tx pgx.Tx, key *APIKey,
 }
 
 func (s *Service) checkSample(ctx context.Context, tx pgx.Tx, in BroadcastInput, filter *Filter, cutoff, now time.Time) error {
+	_, err := s.renderAudienceSample(ctx, tx, in, filter, cutoff, now)
+	return err
+}
+
+// renderAudienceSample renders every channel for the first recipient of the
+// audience; nil when the audience is empty.
+func (s *Service) renderAudienceSample(ctx context.Context, tx pgx.Tx, in BroadcastInput, filter *Filter, cutoff, now time.Time) (map[string]*Message, error) {
 	cc, err := compileContent(in.content())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	asOf := &cutoff
 	if cutoff.After(now) {
@@ -281,14 +290,13 @@ func (s *Service) checkSample(ctx context.Context, tx pgx.Tx, in BroadcastInput,
 	}
 	rows, err := tx.Query(ctx, "SELECT r.id, r.email, r.locale, r.timezone, r.attributes FROM "+relation+" AS r WHERE "+where+" ORDER BY r.id LIMIT 1", args.values...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	samples, err := pgx.CollectRows(rows, scanTemplateRecipient)
 	if err != nil || len(samples) == 0 {
-		return err // an empty audience has nothing to render
+		return nil, err // an empty audience has nothing to render
 	}
-	_, err = cc.renderSample(in.Channels, &TemplateData{Recipient: samples[0]})
-	return err
+	return cc.renderSample(in.Channels, &TemplateData{Recipient: samples[0]})
 }
 
 func scanTemplateRecipient(row pgx.CollectableRow) (TemplateRecipient, error) {

@@ -16,43 +16,43 @@ const (
 
 // Message is one delivery, rendered and ready for a provider.
 type Message struct {
-	DeliveryID     int64
-	BroadcastID    int64 // 0 for a notification
-	NotificationID int64 // 0 for a broadcast delivery
-	RecipientID    string
-	Category       string
+	DeliveryID     int64  `json:"delivery_id,omitempty"`
+	BroadcastID    int64  `json:"broadcast_id,omitempty"`    // 0 for a notification
+	NotificationID int64  `json:"notification_id,omitempty"` // 0 for a broadcast delivery
+	RecipientID    string `json:"recipient_id"`
+	Category       string `json:"category,omitempty"`
 
 	// Email is set for the email channel.
-	Email *EmailMessage
+	Email *EmailMessage `json:"email,omitempty"`
 	// Push is set for the push channel.
-	Push *PushMessage
+	Push *PushMessage `json:"push,omitempty"`
 	// Inbox is set for the inbox channel.
-	Inbox *InboxMessage
+	Inbox *InboxMessage `json:"inbox,omitempty"`
 }
 
 // EmailMessage is a rendered email for one recipient.
 type EmailMessage struct {
-	To      string
-	Subject string
-	Text    string
-	HTML    string
+	To      string `json:"to"`
+	Subject string `json:"subject"`
+	Text    string `json:"text,omitempty"`
+	HTML    string `json:"html,omitempty"`
 	// Headers are per-recipient headers such as List-Unsubscribe.
-	Headers map[string]string
+	Headers map[string]string `json:"headers,omitempty"`
 }
 
 // PushMessage is a rendered push message for every active device of one recipient.
 type PushMessage struct {
-	Tokens []string
-	Title  string
-	Body   string
-	Data   map[string]string
+	Tokens []string          `json:"tokens,omitempty"`
+	Title  string            `json:"title,omitempty"`
+	Body   string            `json:"body,omitempty"`
+	Data   map[string]string `json:"data,omitempty"`
 }
 
 // InboxMessage is a rendered in-app inbox item.
 type InboxMessage struct {
-	Title string
-	Body  string
-	URL   string
+	Title string `json:"title"`
+	Body  string `json:"body,omitempty"`
+	URL   string `json:"url,omitempty"`
 }
 
 // SendResult is what a provider said about one Message.

@@ -159,13 +159,7 @@ func (s *Service) writeDeliveries(ctx context.Context, tx pgx.Tx, id int64, st *
 			CASE WHEN ch.channel = 'email' THEN a.email END
 		FROM unnest($2::text[], $3::text[]) AS a(id, email)
 		CROSS JOIN unnest($4::text[]) AS ch(channel)
-		CROSS JOIN LATERAL (SELECT CASE
-			WHEN ch.channel = 'email' AND a.email IS NULL THEN 'no_address'
-			WHEN ch.channel = 'push' AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.recipient_id = a.id
-				AND d.valid_from <= $5 AND (d.valid_to IS NULL OR d.valid_to > $5)) THEN 'no_device'
-			WHEN NOT $7 AND EXISTS (SELECT 1 FROM preferences p WHERE p.recipient_id = a.id
-				AND p.categories -> $6 ->> ch.channel = 'false') THEN 'preference'
-			END AS reason) x
+		CROSS JOIN LATERAL (SELECT `+suppressionSQL("a", "$5", "$6", "$7")+` AS reason) x
 		ON CONFLICT DO NOTHING
 		RETURNING id, recipient_id, channel, status`,
 		id, ids, emails, st.channels, st.cutoff, st.category, required)
@@ -217,6 +211,20 @@ func (s *Service) writeDeliveries(ctx context.Context, tx pgx.Tx, id int64, st *
 		return nil
 	}
 	return s.opts.Enqueuer.EnqueueDeliveriesTx(ctx, tx, batches, false)
+}
+
+// suppressionSQL is the reason a delivery to recipient row r on channel
+// ch.channel must not be sent (NULL: send it): the same rules at expansion and in a
+// dry run. The arguments name SQL parameters: the cut-off, the category, and
+// whether the category is required (no opt-out).
+func suppressionSQL(r, cutoff, category, required string) string {
+	return `CASE
+		WHEN ch.channel = 'email' AND ` + r + `.email IS NULL THEN 'no_address'
+		WHEN ch.channel = 'push' AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.recipient_id = ` + r + `.id
+			AND d.valid_from <= ` + cutoff + ` AND (d.valid_to IS NULL OR d.valid_to > ` + cutoff + `)) THEN 'no_device'
+		WHEN NOT ` + required + ` AND EXISTS (SELECT 1 FROM preferences p WHERE p.recipient_id = ` + r + `.id
+			AND p.categories -> ` + category + ` ->> ch.channel = 'false') THEN 'preference'
+		END`
 }
 
 // claimDedupe records (dedupe key, recipient, channel) for each delivery and marks

@@ -42,10 +42,35 @@ func handleIdempotentCreate[T validator](svc *Service, logger *slog.Logger, requ
 }
 
 func handleCreateBroadcast(svc *Service, logger *slog.Logger) http.HandlerFunc {
-	return handleIdempotentCreate(svc, logger, "POST /v1/broadcasts",
+	create := handleIdempotentCreate(svc, logger, "POST /v1/broadcasts",
 		func(r *http.Request, tx pgx.Tx, key *APIKey, in BroadcastInput) (any, error) {
+			if in.DryRun {
+				return nil, Invalid(map[string]string{"dry_run": "a dry run creates nothing; send it without an Idempotency-Key"})
+			}
 			return svc.CreateBroadcastTx(r.Context(), tx, key, in)
 		})
+	return func(w http.ResponseWriter, r *http.Request) {
+		// A dry run creates nothing, so it needs no Idempotency-Key.
+		if r.Header.Get("Idempotency-Key") != "" {
+			create(w, r)
+			return
+		}
+		in, err := decodeUnvalidated[BroadcastInput](w, r, defaultBodyLimit)
+		if err == nil && !in.DryRun {
+			err = &Error{Code: EBADREQUEST, Message: "an Idempotency-Key header is required for this request",
+				Fields: map[string]string{"Idempotency-Key": "is required"}}
+		}
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		res, err := svc.DryRunBroadcast(r.Context(), in)
+		if err != nil {
+			writeError(w, r, logger, err)
+			return
+		}
+		encode(w, http.StatusOK, res)
+	}
 }
 
 func handleCreateNotification(svc *Service, logger *slog.Logger) http.HandlerFunc {

@@ -404,3 +404,45 @@ func (e *e2e) callWith(t *testing.T, key, method, path string) (int, http.Header
 	saved.key = key
 	return saved.call(t, method, path, "", nil)
 }
+
+func TestDryRunCountsAndRendersWithoutWriting(t *testing.T) {
+	t.Parallel()
+	e := startE2E(t, nil)
+	e.seed(t, "d", 30, "pro")
+	if status, _, _ := e.call(t, "PUT", "/v1/recipients/d00003/preferences", "", map[string]any{"categories": map[string]any{"news": map[string]any{"email": false, "push": false}}}); status != 200 {
+		t.Fatal("preferences")
+	}
+	for _, id := range []string{"d00004", "d00005"} {
+		if status, _, _ := e.call(t, "DELETE", "/v1/recipients/"+id+"/devices/tok-"+id, "", nil); status != 204 {
+			t.Fatal("device delete")
+		}
+	}
+	body := broadcastBody("dry")
+	body["dry_run"] = true
+	status, _, res := e.call(t, "POST", "/v1/broadcasts", "", body)
+	if status != 200 || res["dry_run"] != true || res["recipients"] != float64(30) {
+		t.Fatalf("dry run = %d %v", status, res)
+	}
+	channels := res["channels"].(map[string]any)
+	email, push := channels["email"].(map[string]any), channels["push"].(map[string]any)
+	if email["to_send"] != float64(29) || email["suppressed_by_reason"].(map[string]any)["preference"] != float64(1) {
+		t.Fatalf("email = %v, want 29 to send and 1 opted out", email)
+	}
+	if push["to_send"] != float64(27) || push["suppressed_by_reason"].(map[string]any)["no_device"] != float64(2) {
+		t.Fatalf("push = %v, want 27 to send, 2 without a device, 1 opted out", push)
+	}
+	sample := res["samples"].(map[string]any)["email"].(map[string]any)["email"].(map[string]any)
+	if sample["subject"] != "Hello Person 0" {
+		t.Fatalf("sample = %v", sample)
+	}
+	var broadcasts, deliveries int
+	_ = e.pool.QueryRow(context.Background(), "SELECT (SELECT count(*) FROM broadcasts), (SELECT count(*) FROM deliveries)").Scan(&broadcasts, &deliveries)
+	if broadcasts != 0 || deliveries != 0 {
+		t.Fatalf("a dry run wrote %d broadcasts and %d deliveries", broadcasts, deliveries)
+	}
+	// Without dry_run, the missing key is still refused.
+	delete(body, "dry_run")
+	if status, _, _ := e.call(t, "POST", "/v1/broadcasts", "", body); status != 400 {
+		t.Fatalf("no key = %d, want 400", status)
+	}
+}
