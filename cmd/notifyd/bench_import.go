@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -141,7 +142,9 @@ func runBenchImport(ctx context.Context, args []string, getenv func(string) stri
 		}
 	}
 	say("\nimporting ...")
+	before := env.sampleCPU()
 	imp, err := api.postAll(ctx, "import", work.importBodies, work.importSizes, opts.concurrency, say)
+	importCPU := cpuBetween(before, env.sampleCPU())
 	if opts.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -153,7 +156,9 @@ func runBenchImport(ctx context.Context, args []string, getenv func(string) stri
 	}
 
 	say("updating the plan of every %dth recipient ...", benchUpdateEvery)
+	before = env.sampleCPU()
 	upd, err := api.postAll(ctx, "update", work.updateBodies, work.updateSizes, opts.concurrency, say)
+	updateCPU := cpuBetween(before, env.sampleCPU())
 	if err != nil {
 		return fmt.Errorf("update pass: %w", err)
 	}
@@ -175,6 +180,7 @@ func runBenchImport(ctx context.Context, args []string, getenv func(string) stri
 		}
 	}
 	say("timing segment counts (%d runs each) ...", opts.runs)
+	before = env.sampleCPU()
 	now := make([]benchCount, len(segments))
 	past := make([]benchCount, len(segments))
 	for i, s := range segments {
@@ -188,25 +194,28 @@ func runBenchImport(ctx context.Context, args []string, getenv func(string) stri
 		}
 	}
 
+	countCPU := cpuBetween(before, env.sampleCPU())
 	peakRSS := readProcStatusKiB("VmHWM")
 	say("")
 	say("== Import: POST /v1/recipients/batch, real HTTP on loopback, concurrency %d ==", opts.concurrency)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PASS\tRECIPIENTS\tBATCHES\tTIME\tRECIPIENTS/S\tBATCH P50\tBATCH P95\tBATCH MAX\tGO CPU\tMACHINE CPU")
+	fmt.Fprintln(tw, "PASS\tRECIPIENTS\tBATCHES\tTIME\tRECIPIENTS/S\tBATCH P50\tBATCH P95\tBATCH MAX\tCPU: NOTIFYD\tPOSTGRES\tOTHER")
 	for _, p := range []struct {
 		name string
 		n    int
 		r    *benchPhase
-	}{{"import", imp.totals.Created, imp}, {"update", upd.totals.Updated, upd}} {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.name, thousands(int64(p.n)), len(p.r.latencies),
+		cpu  cpuUse
+	}{{"import", imp.totals.Created, imp, importCPU}, {"update", upd.totals.Updated, upd, updateCPU}} {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.name, thousands(int64(p.n)), len(p.r.latencies),
 			roundDuration(p.r.elapsed), thousands(int64(float64(p.n)/p.r.elapsed.Seconds())),
 			ms(percentile(p.r.latencies, 50)), ms(percentile(p.r.latencies, 95)), ms(slices.Max(p.r.latencies)),
-			cores(p.r.processCPU, p.r.elapsed), p.r.machine)
+			p.cpu)
 	}
 	tw.Flush()
 	say("imported %s recipients (created %s); update pass changed %s, recipient_history holds %s rows",
 		thousands(int64(imp.totals.Created)), thousands(int64(imp.totals.Created)), thousands(int64(upd.totals.Updated)), thousands(history))
-	say("GO CPU: this process (API server + client), in cores; MACHINE CPU: all processes incl. PostgreSQL, busy cores of %d", runtime.NumCPU())
+	say("CPU in cores of %d: NOTIFYD is this process (API server and client), POSTGRES the benchmark's own cluster", runtime.NumCPU())
+	say("(n/a on DATABASE_URL), OTHER the rest of the machine; more than 0.1 in OTHER means the figures are disturbed.")
 	say("")
 	say("== Segment counts: GET /v1/segments/{key}/count over %s recipients, %d runs each ==", thousands(int64(opts.recipients)), opts.runs)
 	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
@@ -221,6 +230,7 @@ func runBenchImport(ctx context.Context, args []string, getenv func(string) stri
 	}
 	tw.Flush()
 	say("mid-import = %s, when half the recipients had been acknowledged", imp.midpoint.UTC().Format(time.RFC3339Nano))
+	say("CPU during the counts (cores): %s", countCPU.cpuColumns(" "))
 	say("")
 	say("peak RSS (VmHWM) %s; %s of it was reached before the server started, holding the pre-encoded bodies.",
 		kibString(peakRSS), kibString(rssAfterEncoding))
@@ -524,12 +534,10 @@ type benchAPI struct {
 
 // benchPhase is what one pass of batch posts measured.
 type benchPhase struct {
-	elapsed    time.Duration
-	latencies  []time.Duration
-	totals     notifier.BatchResult
-	midpoint   time.Time // when half the recipients had been acknowledged
-	processCPU time.Duration
-	machine    string
+	elapsed   time.Duration
+	latencies []time.Duration
+	totals    notifier.BatchResult
+	midpoint  time.Time // when half the recipients had been acknowledged
 }
 
 type batchOutcome struct {
@@ -549,8 +557,6 @@ func (a *benchAPI) postAll(ctx context.Context, label string, bodies [][]byte, s
 		total += n
 	}
 	phase := &benchPhase{}
-	cpuBefore := processCPU()
-	machineBefore, machineOK := readMachineCPU()
 	start := time.Now()
 
 	jobs := make(chan int)
@@ -613,12 +619,6 @@ func (a *benchAPI) postAll(ctx context.Context, label string, bodies [][]byte, s
 		return nil, firstErr
 	}
 	phase.elapsed = time.Since(start)
-	phase.processCPU = processCPU() - cpuBefore
-	phase.machine = "n/a"
-	if machineAfter, ok := readMachineCPU(); ok && machineOK {
-		busy := float64(machineAfter.busy-machineBefore.busy) / float64(machineAfter.total-machineBefore.total)
-		phase.machine = fmt.Sprintf("%.2f", busy*float64(runtime.NumCPU()))
-	}
 	return phase, nil
 }
 
@@ -721,45 +721,167 @@ func snippet(b []byte) string {
 	return s
 }
 
-// Measurements of this process and machine (Linux /proc; "n/a" elsewhere).
+// CPU accounting (Linux /proc; n/a elsewhere): who used the machine during a
+// phase, so a run disturbed by other work shows it.
 
-// processCPU is the user+system CPU time this process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+// cpuSample is a snapshot of CPU time used so far.
+type cpuSample struct {
+	at          time.Time
+	notifyd     time.Duration
+	postgres    time.Duration // the cluster's postmaster and its children
+	postgresOK  bool
+	busy, total uint64 // whole machine, clock ticks
+	machineOK   bool
 }
 
-type machineCPU struct{ busy, total uint64 }
+func (env *benchEnv) sampleCPU() cpuSample {
+	c := cpuSample{at: time.Now()}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		c.notifyd = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	if env.cluster != nil {
+		c.postgres, c.postgresOK = clusterCPU(filepath.Join(env.cluster.Dir, "data"))
+	}
+	c.busy, c.total, c.machineOK = readMachineCPU()
+	return c
+}
 
-// readMachineCPU reads the all-CPU line of /proc/stat, in clock ticks.
-func readMachineCPU() (machineCPU, bool) {
+// cpuUse is the CPU used between two samples, in cores.
+type cpuUse struct {
+	notifyd, postgres, other float64
+	postgresOK, machineOK    bool
+}
+
+func cpuBetween(a, b cpuSample) cpuUse {
+	wall := b.at.Sub(a.at).Seconds()
+	u := cpuUse{notifyd: (b.notifyd - a.notifyd).Seconds() / wall, postgresOK: a.postgresOK && b.postgresOK,
+		machineOK: a.machineOK && b.machineOK && b.total > a.total}
+	if u.postgresOK {
+		u.postgres = (b.postgres - a.postgres).Seconds() / wall
+	}
+	if u.machineOK && u.postgresOK {
+		machine := float64(b.busy-a.busy) / float64(b.total-a.total) * float64(runtime.NumCPU())
+		u.other = max(0, machine-u.notifyd-u.postgres)
+	}
+	return u
+}
+
+// cpuColumns renders notifyd, postgres and other, separated by sep.
+func (u cpuUse) cpuColumns(sep string) string {
+	pg, other := "n/a", "n/a"
+	if u.postgresOK {
+		pg = strconv.FormatFloat(u.postgres, 'f', 2, 64)
+	}
+	if u.postgresOK && u.machineOK {
+		other = strconv.FormatFloat(u.other, 'f', 2, 64)
+	}
+	return "notifyd " + strconv.FormatFloat(u.notifyd, 'f', 2, 64) + sep + "postgres " + pg + sep + "other " + other
+}
+
+func (u cpuUse) String() string {
+	return strings.NewReplacer("notifyd ", "", "postgres ", "", "other ", "").Replace(u.cpuColumns("\t"))
+}
+
+// clockTicks is USER_HZ, the unit of /proc CPU times: 100 on every mainstream Linux.
+const clockTicks = 100
+
+// readMachineCPU reads the all-CPU line of /proc/stat.
+func readMachineCPU() (busy, total uint64, ok bool) {
 	raw, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return machineCPU{}, false
+		return 0, 0, false
 	}
 	line, _, _ := strings.Cut(string(raw), "\n")
 	fields := strings.Fields(line)
 	if len(fields) < 5 || fields[0] != "cpu" {
-		return machineCPU{}, false
+		return 0, 0, false
 	}
-	var m machineCPU
-	for i, f := range fields[1:] {
+	// user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+	for i, f := range fields[1:min(len(fields), 9)] {
 		v, err := strconv.ParseUint(f, 10, 64)
 		if err != nil {
-			return machineCPU{}, false
+			return 0, 0, false
 		}
-		if i >= 8 { // guest time is already counted in user
-			break
-		}
-		m.total += v
+		total += v
 		if i != 3 && i != 4 { // idle, iowait
-			m.busy += v
+			busy += v
 		}
 	}
-	return m, m.total > 0
+	return busy, total, total > 0
+}
+
+// clusterCPU is the CPU time of a cluster's postmaster, its live children (the
+// backends) and its exited children (parallel workers, autovacuum workers).
+func clusterCPU(dataDir string) (time.Duration, bool) {
+	raw, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	first, _, _ := strings.Cut(string(raw), "\n")
+	postmaster, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return 0, false
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, false
+	}
+	var ticks uint64
+	found := false
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		st, ok := readProcStat(pid)
+		if !ok {
+			continue
+		}
+		switch {
+		case pid == postmaster:
+			ticks += st.utime + st.stime + st.cutime + st.cstime
+			found = true
+		case st.ppid == postmaster:
+			ticks += st.utime + st.stime
+		}
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, found
+}
+
+type procStat struct {
+	ppid                         int
+	utime, stime, cutime, cstime uint64
+}
+
+// readProcStat reads /proc/PID/stat (man 5 proc).
+func readProcStat(pid int) (procStat, bool) {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, false
+	}
+	// The command name is in parentheses and may hold spaces: fields follow the last ")".
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return procStat{}, false
+	}
+	f := strings.Fields(string(raw[i+1:]))
+	if len(f) < 15 {
+		return procStat{}, false
+	}
+	var st procStat
+	var errs [5]error
+	st.ppid, errs[0] = strconv.Atoi(f[1])
+	st.utime, errs[1] = strconv.ParseUint(f[11], 10, 64)
+	st.stime, errs[2] = strconv.ParseUint(f[12], 10, 64)
+	cutime, err3 := strconv.ParseInt(f[13], 10, 64)
+	cstime, err4 := strconv.ParseInt(f[14], 10, 64)
+	errs[3], errs[4] = err3, err4
+	if errors.Join(errs[:]...) != nil {
+		return procStat{}, false
+	}
+	st.cutime, st.cstime = uint64(max(cutime, 0)), uint64(max(cstime, 0))
+	return st, true
 }
 
 // readProcStatusKiB reads a "Vm...: N kB" line of /proc/self/status; -1 if absent.
@@ -816,13 +938,6 @@ func ms(d time.Duration) string {
 
 func roundDuration(d time.Duration) string {
 	return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) + " s"
-}
-
-func cores(cpu, wall time.Duration) string {
-	if cpu == 0 || wall == 0 {
-		return "n/a"
-	}
-	return strconv.FormatFloat(cpu.Seconds()/wall.Seconds(), 'f', 2, 64)
 }
 
 func mib(bytes int64) string {

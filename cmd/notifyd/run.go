@@ -21,8 +21,13 @@ Usage:
   notifyd apikey create --name N --scopes send,admin
   notifyd apikey list
   notifyd apikey revoke ID|NAME
+  notifyd broadcast status ID [--watch] [--interval 1s]
+                                          a broadcast's progress per channel, live with --watch
+  notifyd broadcast cancel|pause|resume ID
+                                          operator actions, audited as cli:$USER
   notifyd dev                             zero-configuration local setup
   notifyd bench-import [--recipients N]   benchmark recipient import and segment counts
+  notifyd bench [--recipients N] ...      benchmark a broadcast end to end
   notifyd version
   notifyd help [command]
 
@@ -47,8 +52,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runMigrate(ctx, rest, getenv, stdout, stderr)
 	case "apikey":
 		return runAPIKey(ctx, rest, getenv, stdout, stderr)
+	case "broadcast":
+		return runBroadcast(ctx, rest, getenv, stdout, stderr)
 	case "dev":
 		return runDev(ctx, rest, getenv, stdout, stderr)
+	case "bench":
+		return runBench(ctx, rest, getenv, stdout, stderr)
 	case "bench-import":
 		return runBenchImport(ctx, rest, getenv, stdout, stderr)
 	case "version", "--version":

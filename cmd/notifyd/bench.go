@@ -1,0 +1,1616 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/notifyd/notifyd/channels/email/sendgridfake"
+	"github.com/notifyd/notifyd/channels/push/fcmfake"
+	"github.com/notifyd/notifyd/migrations"
+	"github.com/notifyd/notifyd/migrations/localpg"
+	"github.com/notifyd/notifyd/notifier"
+)
+
+// bench measures the broadcast pipeline end to end, the way production runs it:
+// notifyd runs as its own process(es) (`notifyd serve`) over a database of its
+// own, the provider fakes run in this process on loopback, and one broadcast to
+// segment "all" goes through the real API. Afterwards the figures come from
+// Postgres (expansion and delivery rates), from the fakes (what was received,
+// duplicates) and from /proc (peak RSS of each notifyd process).
+//
+// Everything here is prefixed bc (broadcast bench) so that it stays out of the
+// way of the other commands of package main.
+
+// bcProfiledServe is the hidden sub-command a child runs under --cpuprofile:
+// `notifyd bench _serve-profiled FILE [serve flags]` is `notifyd serve` with a
+// CPU profile written to FILE and heap profiles at its RSS peaks.
+const bcProfiledServe = "_serve-profiled"
+
+// bcDirPrefix names the throwaway cluster directories (swept when orphaned).
+const bcDirPrefix = "notifyd-bcast-"
+
+// bcOptions are the flags of bench.
+type bcOptions struct {
+	recipients    int
+	channels      []string
+	databaseURL   string
+	workers       int
+	binary        string
+	poll          time.Duration
+	timeout       time.Duration
+	stall         time.Duration
+	cpuProfileDir string
+	pgStats       bool
+	keep          bool
+}
+
+func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (*bcOptions, error) {
+	fs := flag.NewFlagSet("notifyd bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &bcOptions{}
+	var channels string
+	fs.IntVar(&o.recipients, "recipients", 1_000_000, "recipients in the audience (each has an email address and one push device)")
+	fs.StringVar(&channels, "channels", "email,push", "channels of the broadcast: email, push, inbox, comma-separated")
+	fs.StringVar(&o.databaseURL, "database-url", getenv("DATABASE_URL"),
+		"PostgreSQL server to create a throwaway database on; empty: start a throwaway durable cluster (DATABASE_URL)")
+	fs.IntVar(&o.workers, "workers", 1, "notifyd processes: the first runs role all, the others role worker")
+	fs.StringVar(&o.binary, "binary", "", "the notifyd binary to run as the child processes (default: this executable)")
+	fs.DurationVar(&o.poll, "poll", 250*time.Millisecond, "how often GET /v1/broadcasts/{id} is polled (at most every 4x its latency)")
+	fs.DurationVar(&o.timeout, "timeout", 2*time.Hour, "give up when the broadcast has not completed after this long")
+	fs.DurationVar(&o.stall, "stall", 3*time.Minute, "give up when no delivery changes state for this long")
+	fs.StringVar(&o.cpuProfileDir, "cpuprofile", "", "write a CPU profile (and heap profiles at RSS peaks) of each notifyd process into this directory")
+	fs.BoolVar(&o.pgStats, "pg-stats", false, "load pg_stat_statements and print the statements that took the most time")
+	fs.BoolVar(&o.keep, "keep", false, "leave the database (and the cluster, running) in place afterwards, for EXPLAIN and friends")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	var problems []error
+	if fs.NArg() > 0 {
+		problems = append(problems, fmt.Errorf("unexpected arguments %q", fs.Args()))
+	}
+	if o.recipients < 1 {
+		problems = append(problems, errors.New("--recipients must be at least 1"))
+	}
+	for _, ch := range strings.Split(channels, ",") {
+		ch = strings.TrimSpace(ch)
+		switch {
+		case ch == "":
+		case ch != notifier.ChannelEmail && ch != notifier.ChannelPush && ch != notifier.ChannelInbox:
+			problems = append(problems, fmt.Errorf("--channels: %q is not email, push or inbox", ch))
+		case slices.Contains(o.channels, ch):
+			problems = append(problems, fmt.Errorf("--channels: %s is listed twice", ch))
+		default:
+			o.channels = append(o.channels, ch)
+		}
+	}
+	if len(o.channels) == 0 {
+		problems = append(problems, errors.New("--channels must name at least one channel"))
+	}
+	if o.workers < 1 {
+		problems = append(problems, errors.New("--workers must be at least 1"))
+	}
+	if o.poll <= 0 || o.timeout <= 0 || o.stall <= 0 {
+		problems = append(problems, errors.New("--poll, --timeout and --stall must be positive"))
+	}
+	if o.binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			problems = append(problems, fmt.Errorf("cannot find this executable (give --binary): %w", err))
+		}
+		o.binary = exe
+	}
+	return o, errors.Join(problems...)
+}
+
+func runBench(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == bcProfiledServe {
+		return runBcProfiledServe(ctx, args[1:], getenv, stdout, stderr)
+	}
+	opts, err := parseBcFlags(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	b := &bcBench{opts: opts, stdout: stdout, stderr: stderr}
+	defer b.teardown()
+	rep, err := b.run(ctx)
+	if rep != nil {
+		b.printReport(rep)
+	}
+	if err != nil {
+		return err
+	}
+	return rep.verdict()
+}
+
+// bcBench is one run: what it started (to stop it again) and what it measured.
+type bcBench struct {
+	opts           *bcOptions
+	stdout, stderr io.Writer
+	outMu          sync.Mutex
+
+	// setup, undone by teardown in reverse order
+	undo      []func()
+	workDir   string
+	cluster   *localpg.Cluster
+	adminURL  string
+	database  string
+	dbURL     string
+	pool      *pgxpool.Pool
+	secret    string
+	sendgrid  *sendgridfake.Server
+	sgKey     string
+	sgURL     string
+	fcm       *fcmfake.Server
+	fcmURL    string
+	emailSeen *bcReceipts
+	pushSeen  *bcReceipts
+	children  []*bcChild
+	apiBase   string
+	pgVersion string
+}
+
+func (b *bcBench) say(format string, a ...any) {
+	b.outMu.Lock()
+	defer b.outMu.Unlock()
+	fmt.Fprintf(b.stdout, format+"\n", a...)
+}
+
+func (b *bcBench) teardown() {
+	for i := len(b.undo) - 1; i >= 0; i-- {
+		b.undo[i]()
+	}
+	b.undo = nil
+}
+
+// run sets everything up, sends the broadcast, waits for it and measures. The
+// report it returns may be partial when err is set.
+func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
+	o := b.opts
+	b.say("notifyd bench: broadcast to %s recipients on %s, %d notifyd process(es); %d CPUs, Go %s",
+		bcThousands(int64(o.recipients)), strings.Join(o.channels, ","), o.workers, runtime.NumCPU(), runtime.Version())
+
+	var err error
+	if b.workDir, err = os.MkdirTemp("", "notifyd-bench-run-"); err != nil {
+		return nil, err
+	}
+	b.undo = append(b.undo, func() { os.RemoveAll(b.workDir) })
+
+	setupStart := time.Now()
+	if err := b.startFakes(); err != nil {
+		return nil, err
+	}
+	if err := b.startDatabase(ctx); err != nil {
+		return nil, err
+	}
+	loadStart := time.Now()
+	if err := b.loadRecipients(ctx); err != nil {
+		return nil, fmt.Errorf("loading recipients: %w", err)
+	}
+	b.say("loaded %s recipients and %s devices in SQL in %s (off the clock)",
+		bcThousands(int64(o.recipients)), bcThousands(int64(o.recipients)), bcSeconds(time.Since(loadStart)))
+	if err := b.startChildren(ctx); err != nil {
+		return nil, err
+	}
+	b.say("setup done in %s; notifyd API at %s", bcSeconds(time.Since(setupStart)), b.apiBase)
+
+	rep := &bcReport{opts: o, channels: o.channels}
+	for _, c := range b.children {
+		rep.idleRSS = append(rep.idleRSS, bcProcStatusKiB(c.pid, "VmRSS"))
+	}
+	if o.pgStats {
+		if _, err := b.pool.Exec(ctx, "SELECT pg_stat_statements_reset()"); err != nil {
+			b.say("pg_stat_statements is not available (%v); --pg-stats ignored", err)
+			o.pgStats = false
+		}
+	}
+
+	cpuBefore := b.sampleCPU()
+	if err := b.broadcast(ctx, rep); err != nil {
+		return rep, err
+	}
+	rep.cpu = bcCPUBetween(cpuBefore, b.sampleCPU())
+	// Peak RSS before the processes go: VmHWM lives as long as the process.
+	for _, c := range b.children {
+		rep.procs = append(rep.procs, bcProcMem{role: c.role, pid: c.pid,
+			hwmKiB: bcProcStatusKiB(c.pid, "VmHWM"), maxSampledKiB: c.maxRSS.Load()})
+	}
+	if err := b.measure(ctx, rep); err != nil {
+		return rep, err
+	}
+	if o.pgStats {
+		rep.pgStats, err = b.topStatements(ctx)
+		if err != nil {
+			b.say("pg_stat_statements: %v", err)
+		}
+	}
+	return rep, nil
+}
+
+// Fakes.
+
+// startFakes serves the SendGrid and FCM fakes on loopback, each behind a
+// counter that sees every accepted message (the SendGrid fake keeps only the
+// newest ones, to stay small).
+func (b *bcBench) startFakes() error {
+	b.sgKey = "SG.bench-" + bcRandomHex(8)
+	b.sendgrid = sendgridfake.New(b.sgKey)
+	b.sendgrid.SetRetention(1000)
+	b.fcm = fcmfake.NewServer("notifyd-bench")
+	b.emailSeen = newBcReceipts(b.opts.recipients)
+	b.pushSeen = newBcReceipts(b.opts.recipients)
+	for _, f := range []struct {
+		handler http.Handler
+		url     *string
+	}{
+		{bcCountEmail(b.sendgrid, b.emailSeen), &b.sgURL},
+		{bcCountPush(b.fcm, b.pushSeen), &b.fcmURL},
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: f.handler, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln) //nolint:errcheck // ErrServerClosed on close
+		b.undo = append(b.undo, func() { srv.Close() })
+		*f.url = "http://" + ln.Addr().String()
+	}
+	b.say("SendGrid fake at %s, FCM fake at %s (in this process)", b.sgURL, b.fcmURL)
+	return nil
+}
+
+// bcReceipts counts what a fake accepted, by address or token.
+type bcReceipts struct {
+	pending sync.WaitGroup // bodies still being counted
+	mu      sync.Mutex
+	seen    map[string]uint32
+	total   int64
+	dups    int64
+	dupKeys []string // the first few, for the report
+	first   time.Time
+	last    time.Time
+}
+
+func newBcReceipts(hint int) *bcReceipts {
+	return &bcReceipts{seen: make(map[string]uint32, hint)}
+}
+
+func (r *bcReceipts) add(at time.Time, keys []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.first.IsZero() || at.Before(r.first) {
+		r.first = at
+	}
+	if at.After(r.last) {
+		r.last = at
+	}
+	for _, k := range keys {
+		r.total++
+		n := r.seen[k]
+		if n > 0 {
+			r.dups++
+			if len(r.dupKeys) < 5 {
+				r.dupKeys = append(r.dupKeys, k)
+			}
+		}
+		r.seen[k] = n + 1
+	}
+}
+
+// snapshot waits for the counting to catch up and returns the totals.
+func (r *bcReceipts) snapshot() (total, distinct, dups int64, dupKeys []string, first, last time.Time) {
+	r.pending.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.total, int64(len(r.seen)), r.dups, slices.Clone(r.dupKeys), r.first, r.last
+}
+
+// bcStatusWriter remembers the status a handler answered.
+type bcStatusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *bcStatusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *bcStatusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+// bcTee reads the body of a provider call, lets fake answer it, and when the
+// fake accepted it hands the body to count (off the request's path).
+func bcTee(fake http.Handler, isSend func(*http.Request) bool, ok func(int) bool, rec *bcReceipts, parse func([]byte) []string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isSend(r) {
+			fake.ServeHTTP(w, r)
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		sw := &bcStatusWriter{ResponseWriter: w}
+		fake.ServeHTTP(sw, r)
+		if ok(sw.status) {
+			at := time.Now()
+			rec.pending.Add(1)
+			go func() {
+				defer rec.pending.Done()
+				rec.add(at, parse(body))
+			}()
+		}
+	})
+}
+
+func bcCountEmail(fake *sendgridfake.Server, rec *bcReceipts) http.Handler {
+	return bcTee(fake,
+		func(r *http.Request) bool { return r.Method == http.MethodPost && r.URL.Path == "/v3/mail/send" },
+		func(status int) bool { return status == http.StatusAccepted },
+		rec, func(body []byte) []string {
+			var m struct {
+				Personalizations []struct {
+					To []struct {
+						Email string `json:"email"`
+					} `json:"to"`
+				} `json:"personalizations"`
+			}
+			if err := json.Unmarshal(body, &m); err != nil {
+				return []string{"(unparseable request)"}
+			}
+			var keys []string
+			for _, p := range m.Personalizations {
+				for _, to := range p.To {
+					keys = append(keys, strings.ToLower(to.Email))
+				}
+			}
+			return keys
+		})
+}
+
+func bcCountPush(fake *fcmfake.Server, rec *bcReceipts) http.Handler {
+	return bcTee(fake,
+		func(r *http.Request) bool {
+			return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/messages:send")
+		},
+		func(status int) bool { return status == http.StatusOK },
+		rec, func(body []byte) []string {
+			var m struct {
+				ValidateOnly bool `json:"validate_only"`
+				Message      struct {
+					Token string `json:"token"`
+				} `json:"message"`
+			}
+			if err := json.Unmarshal(body, &m); err != nil {
+				return []string{"(unparseable request)"}
+			}
+			if m.ValidateOnly {
+				return nil
+			}
+			return []string{m.Message.Token}
+		})
+}
+
+// Database.
+
+// startDatabase makes a fresh database (on DATABASE_URL's server, else on a
+// throwaway durable cluster), migrates it and creates an API key.
+func (b *bcBench) startDatabase(ctx context.Context) error {
+	o := b.opts
+	b.adminURL = o.databaseURL
+	if b.adminURL == "" {
+		localpg.SweepOrphans(os.TempDir(), bcDirPrefix)
+		dir, err := os.MkdirTemp("", bcDirPrefix)
+		if err != nil {
+			return err
+		}
+		b.say("starting a throwaway PostgreSQL (durable: fsync on) in %s ...", dir)
+		cluster, err := localpg.Start(ctx, dir, localpg.Options{Durable: true})
+		if err != nil {
+			os.RemoveAll(dir)
+			return fmt.Errorf("starting PostgreSQL: %w", err)
+		}
+		b.cluster = cluster
+		b.undo = append(b.undo, func() {
+			if o.keep {
+				b.say("kept the cluster running: stop it with\n  su postgres -c 'pg_ctl -D %s stop' && rm -rf %s", filepath.Join(dir, "data"), dir)
+				return
+			}
+			if err := cluster.Destroy(); err != nil {
+				b.say("removing the PostgreSQL cluster: %v", err)
+			}
+		})
+		b.adminURL = cluster.URL("postgres")
+		if o.pgStats {
+			if err := bcPreloadStatements(ctx, cluster); err != nil {
+				return err
+			}
+		}
+	}
+
+	b.database = "notifyd_bench_" + bcRandomHex(6)
+	var err error
+	if b.dbURL, err = bcWithDatabase(b.adminURL, b.database); err != nil {
+		return err
+	}
+	admin, err := pgx.Connect(ctx, b.adminURL)
+	if err != nil {
+		return fmt.Errorf("connecting to PostgreSQL: %w", err)
+	}
+	defer admin.Close(context.WithoutCancel(ctx))
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{b.database}.Sanitize()); err != nil {
+		return fmt.Errorf("creating database: %w", err)
+	}
+	if b.cluster == nil {
+		// A server we did not start: drop what we created.
+		b.undo = append(b.undo, func() {
+			if o.keep {
+				b.say("kept database %s", redactURL(b.dbURL))
+				return
+			}
+			dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			admin, err := pgx.Connect(dctx, b.adminURL)
+			if err != nil {
+				b.say("dropping database %s: %v", b.database, err)
+				return
+			}
+			defer admin.Close(dctx)
+			if _, err := admin.Exec(dctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{b.database}.Sanitize()+" WITH (FORCE)"); err != nil {
+				b.say("dropping database %s: %v", b.database, err)
+			}
+		})
+	}
+	if err := admin.QueryRow(ctx, "SHOW server_version").Scan(&b.pgVersion); err != nil {
+		return err
+	}
+
+	if b.pool, err = openDB(ctx, b.dbURL); err != nil {
+		return err
+	}
+	b.undo = append(b.undo, b.pool.Close)
+	if _, err := migrations.Migrate(ctx, b.pool); err != nil {
+		return fmt.Errorf("migrating: %w", err)
+	}
+	if o.pgStats {
+		if _, err := b.pool.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+			b.say("pg_stat_statements cannot be created (%v); --pg-stats ignored", err)
+			o.pgStats = false
+		}
+	}
+	svc := notifier.NewService(b.pool, nil, nil)
+	if _, b.secret, err = svc.CreateAPIKey(ctx, "bench", []string{notifier.ScopeSend, notifier.ScopeAdmin}); err != nil {
+		return fmt.Errorf("creating an API key: %w", err)
+	}
+	where := "the server of DATABASE_URL"
+	if b.cluster != nil {
+		where = "a throwaway durable cluster"
+	}
+	b.say("database %s on %s (PostgreSQL %s)", b.database, where, b.pgVersion)
+	return nil
+}
+
+// bcPreloadStatements restarts the cluster with pg_stat_statements loaded.
+func bcPreloadStatements(ctx context.Context, cluster *localpg.Cluster) error {
+	conn, err := pgx.Connect(ctx, cluster.URL("postgres"))
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+	conn.Close(ctx)
+	if err != nil {
+		return err
+	}
+	return cluster.Restart(ctx, "fast")
+}
+
+// bcWithDatabase returns serverURL pointing at database name instead.
+func bcWithDatabase(serverURL, name string) (string, error) {
+	u, err := url.Parse(serverURL)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return "", errors.New("DATABASE_URL must be a postgres:// URL for bench")
+	}
+	if q := u.Query(); q.Has("dbname") {
+		q.Set("dbname", name)
+		u.RawQuery = q.Encode()
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// bcRecipientID is the id of the i-th generated recipient (1-based).
+func bcRecipientID(i, n int) string {
+	return fmt.Sprintf("r%0*d", bcIDWidth(n), i)
+}
+
+func bcIDWidth(n int) int {
+	return max(7, len(strconv.Itoa(n)))
+}
+
+// loadRecipients writes the audience straight into the tables: recipients with
+// an email and {"name", "plan"} attributes, and one Android device each. Then
+// it vacuums and analyzes them and takes a checkpoint, as a long-lived
+// directory would be, so that the run does not pay for the setup.
+func (b *bcBench) loadRecipients(ctx context.Context) error {
+	n, width := b.opts.recipients, bcIDWidth(b.opts.recipients)
+	// Two halves in parallel: the machine has more than one core.
+	parts := min(runtime.NumCPU(), 4, max(1, n/50_000))
+	var wg sync.WaitGroup
+	errs := make([]error, parts)
+	for p := range parts {
+		lo, hi := 1+p*n/parts, (p+1)*n/parts
+		wg.Go(func() {
+			_, errs[p] = b.pool.Exec(ctx, `
+				INSERT INTO recipients (id, email, locale, timezone, attributes)
+				SELECT 'r' || lpad(i::text, $3, '0'), 'r' || lpad(i::text, $3, '0') || '@bench.example', 'en-US', 'UTC',
+					jsonb_build_object('name', 'Person ' || i, 'plan', (ARRAY['free', 'pro', 'team'])[1 + i % 3])
+				FROM generate_series($1::int, $2::int) AS i`, lo, hi, width)
+			if errs[p] != nil {
+				return
+			}
+			_, errs[p] = b.pool.Exec(ctx, `
+				INSERT INTO devices (recipient_id, token, platform)
+				SELECT 'r' || lpad(i::text, $3, '0'), 'tok-' || lpad(i::text, $3, '0'), 'android'
+				FROM generate_series($1::int, $2::int) AS i`, lo, hi, width)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, q := range []string{"VACUUM (ANALYZE) recipients", "VACUUM (ANALYZE) devices", "ANALYZE", "CHECKPOINT"} {
+		if _, err := b.pool.Exec(ctx, q); err != nil {
+			if q == "CHECKPOINT" {
+				continue // needs privileges we may lack on a server we did not start
+			}
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// Children.
+
+// bcChild is one notifyd process.
+type bcChild struct {
+	role    string
+	addr    string
+	pid     int
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{} // closed when the process exited
+	exitErr error
+	maxRSS  atomic.Int64 // KiB, the highest VmRSS sampled
+}
+
+// startChildren starts the notifyd processes and waits until their workers run
+// and the API answers /readyz.
+func (b *bcBench) startChildren(ctx context.Context) error {
+	o := b.opts
+	if o.cpuProfileDir != "" {
+		if err := os.MkdirAll(o.cpuProfileDir, 0o755); err != nil {
+			return err
+		}
+	}
+	base := bcChildBaseEnv()
+	for i := range o.workers {
+		role := "worker"
+		addr := "127.0.0.1:0"
+		if i == 0 {
+			role = "all"
+			port, err := bcFreePort()
+			if err != nil {
+				return err
+			}
+			addr = "127.0.0.1:" + strconv.Itoa(port)
+			b.apiBase = "http://" + addr
+		}
+		env := append(slices.Clone(base),
+			"DATABASE_URL="+b.dbURL,
+			"NOTIFYD_ROLE="+role,
+			"NOTIFYD_ADDR="+addr,
+			"NOTIFYD_SENDGRID_API_KEY="+b.sgKey,
+			"NOTIFYD_SENDGRID_BASE_URL="+b.sgURL,
+			"NOTIFYD_EMAIL_FROM=bench@notifyd.example",
+			"NOTIFYD_FCM_PROJECT_ID=notifyd-bench",
+			"NOTIFYD_FCM_CREDENTIALS=none",
+			"NOTIFYD_FCM_ENDPOINT="+b.fcmURL+"/v1",
+			"NOTIFYD_EMAIL_RATE=1000000",
+			"NOTIFYD_PUSH_RATE=1000000",
+			"NOTIFYD_LOG_FORMAT=json",
+		)
+		args := []string{"serve"}
+		if o.cpuProfileDir != "" {
+			prof, err := filepath.Abs(filepath.Join(o.cpuProfileDir, fmt.Sprintf("notifyd-%d-%s.cpu.pprof", i, role)))
+			if err != nil {
+				return err
+			}
+			args = []string{"bench", bcProfiledServe, prof}
+		}
+		c, err := b.startChild(role, addr, i, args, env)
+		if err != nil {
+			return err
+		}
+		b.children = append(b.children, c)
+	}
+	// Stop them (SIGTERM, then a drain) before the fakes and the database go.
+	b.undo = append(b.undo, b.stopChildren)
+	go b.sampleRSS()
+
+	deadline := time.Now().Add(90 * time.Second)
+	for _, c := range b.children {
+		for !bcFileContains(c.logPath, `"workers started"`) {
+			if err := b.childWait(ctx, c, deadline); err != nil {
+				return err
+			}
+		}
+	}
+	client := &http.Client{Timeout: 2 * time.Second}
+	for {
+		resp, err := client.Get(b.apiBase + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if err := b.childWait(ctx, b.children[0], deadline); err != nil {
+			return err
+		}
+	}
+}
+
+// childWait sleeps a little, failing when c died, ctx ended or the deadline passed.
+func (b *bcBench) childWait(ctx context.Context, c *bcChild, deadline time.Time) error {
+	select {
+	case <-c.done:
+		return fmt.Errorf("notifyd (%s, pid %d) exited during startup: %v\n%s", c.role, c.pid, c.exitErr, bcTail(c.logPath, 15))
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(50 * time.Millisecond):
+	}
+	if time.Now().After(deadline) {
+		return fmt.Errorf("notifyd (%s, pid %d) did not become ready:\n%s", c.role, c.pid, bcTail(c.logPath, 15))
+	}
+	return nil
+}
+
+func (b *bcBench) startChild(role, addr string, i int, args, env []string) (*bcChild, error) {
+	c := &bcChild{role: role, addr: addr, done: make(chan struct{}),
+		logPath: filepath.Join(b.workDir, fmt.Sprintf("notifyd-%d-%s.log", i, role))}
+	logFile, err := os.Create(c.logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(b.opts.binary, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// Own process group: a Ctrl-C reaches only us, and we stop the children in
+	// order. Pdeathsig: if we are killed outright, they go too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("starting %s: %w", b.opts.binary, err)
+	}
+	c.cmd, c.pid = cmd, cmd.Process.Pid
+	go func() {
+		c.exitErr = cmd.Wait()
+		logFile.Close()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// bcChildBaseEnv is this process's environment without the settings bench
+// gives the children itself.
+func bcChildBaseEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "NOTIFYD_") || strings.HasPrefix(kv, "DATABASE_URL=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// sampleRSS records each child's highest VmRSS, every 200 ms, while it runs.
+func (b *bcBench) sampleRSS() {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for range t.C {
+		alive := false
+		for _, c := range b.children {
+			select {
+			case <-c.done:
+				continue
+			default:
+			}
+			alive = true
+			if kib := bcProcStatusKiB(c.pid, "VmRSS"); kib > c.maxRSS.Load() {
+				c.maxRSS.Store(kib)
+			}
+		}
+		if !alive {
+			return
+		}
+	}
+}
+
+func (b *bcBench) stopChildren() {
+	for _, c := range b.children {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	for _, c := range b.children {
+		select {
+		case <-c.done:
+		case <-time.After(45 * time.Second):
+			b.say("notifyd (%s, pid %d) did not stop within 45 s of SIGTERM: killing it", c.role, c.pid)
+			_ = c.cmd.Process.Kill()
+			<-c.done
+		}
+		if c.exitErr != nil {
+			b.say("notifyd (%s, pid %d) exited with %v; log %s:\n%s", c.role, c.pid, c.exitErr, c.logPath, bcTail(c.logPath, 10))
+		}
+	}
+}
+
+// The broadcast.
+
+// bcBroadcastView is the part of GET /v1/broadcasts/{id} the bench reads.
+type bcBroadcastView struct {
+	ID       int64  `json:"id"`
+	Status   string `json:"status"`
+	Expanded bool   `json:"expanded"`
+	Counts   struct {
+		Recipients int64 `json:"recipients"`
+		Deliveries int64 `json:"deliveries"`
+		Pending    int64 `json:"pending"`
+		Sending    int64 `json:"sending"`
+		Sent       int64 `json:"sent"`
+		Failed     int64 `json:"failed"`
+		Suppressed int64 `json:"suppressed"`
+		Unknown    int64 `json:"unknown"`
+	} `json:"counts"`
+	Channels map[string]notifier.ChannelCounts `json:"channels"`
+	Failure  string                            `json:"failure_reason"`
+}
+
+func (b *bcBench) api(ctx context.Context, method, path, idemKey string, body []byte) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, b.apiBase+path, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+b.secret)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if idemKey != "" {
+		req.Header.Set("Idempotency-Key", idemKey)
+	}
+	resp, err := bcHTTP.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, raw, err
+}
+
+var bcHTTP = &http.Client{Timeout: 2 * time.Minute}
+
+// broadcast POSTs the broadcast and follows it to completion, drawing progress.
+func (b *bcBench) broadcast(ctx context.Context, rep *bcReport) error {
+	o := b.opts
+	in := map[string]any{
+		"name":     fmt.Sprintf("bench %d recipients", o.recipients),
+		"category": "announcements",
+		"segment":  "all",
+		"channels": o.channels,
+	}
+	for _, ch := range o.channels {
+		switch ch {
+		case notifier.ChannelEmail:
+			in["email"] = map[string]string{
+				"subject": "News for {{.Recipient.Attributes.name}}",
+				"text":    "Hello {{.Recipient.Attributes.name}},\n\nyour {{.Recipient.Attributes.plan}} plan has news.\n",
+				"html":    "<p>Hello {{.Recipient.Attributes.name}},</p><p>your {{.Recipient.Attributes.plan}} plan has news.</p>",
+			}
+		case notifier.ChannelPush:
+			in["push"] = map[string]any{"title": "Hello {{.Recipient.Attributes.name}}", "body": "Your {{.Recipient.Attributes.plan}} plan has news.",
+				"data": map[string]string{"kind": "bench"}}
+		case notifier.ChannelInbox:
+			in["inbox"] = map[string]string{"title": "Hello {{.Recipient.Attributes.name}}", "body": "Your {{.Recipient.Attributes.plan}} plan has news.",
+				"url": "https://notifyd.example/news"}
+		}
+	}
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	b.say("\nPOST /v1/broadcasts (segment all) ...")
+	rep.postedAt = time.Now()
+	status, raw, err := b.api(ctx, http.MethodPost, "/v1/broadcasts", "bench-"+bcRandomHex(8), body)
+	if err != nil {
+		return fmt.Errorf("POST /v1/broadcasts: %w", err)
+	}
+	rep.postLatency = time.Since(rep.postedAt)
+	if status != http.StatusAccepted {
+		return fmt.Errorf("POST /v1/broadcasts = %d %s", status, bcSnippet(raw))
+	}
+	var created bcBroadcastView
+	if err := json.Unmarshal(raw, &created); err != nil || created.ID == 0 {
+		return fmt.Errorf("POST /v1/broadcasts: no id in %s", bcSnippet(raw))
+	}
+	rep.broadcastID = created.ID
+	return b.follow(ctx, rep)
+}
+
+// follow polls the broadcast until it completes, fails, stalls or times out.
+func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
+	o := b.opts
+	expected := int64(o.recipients) * int64(len(o.channels))
+	terminal := bcIsTerminal(b.stderr)
+	deadline := rep.postedAt.Add(o.timeout)
+	lastChange, lastKey := time.Now(), ""
+	var lastLine time.Time
+	path := "/v1/broadcasts/" + strconv.FormatInt(rep.broadcastID, 10)
+	defer func() {
+		if terminal {
+			fmt.Fprintln(b.stderr)
+		}
+	}()
+	for {
+		start := time.Now()
+		status, raw, err := b.api(ctx, http.MethodGet, path, "", nil)
+		lat := time.Since(start)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("GET %s: %w", path, err)
+		}
+		if status != http.StatusOK {
+			return fmt.Errorf("GET %s = %d %s", path, status, bcSnippet(raw))
+		}
+		rep.polls++
+		rep.pollTotal += lat
+		rep.pollMax = max(rep.pollMax, lat)
+		var v bcBroadcastView
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("GET %s: %w", path, err)
+		}
+		line := bcProgressLine(&v, o.channels, expected, time.Since(rep.postedAt))
+		switch {
+		case terminal:
+			fmt.Fprintf(b.stderr, "\r%-150s", line)
+		case time.Since(lastLine) >= 5*time.Second || v.Status == notifier.StatusCompleted:
+			fmt.Fprintln(b.stderr, line)
+			lastLine = time.Now()
+		}
+		switch v.Status {
+		case notifier.StatusCompleted:
+			rep.observedDone = time.Since(rep.postedAt)
+			rep.final = v
+			return nil
+		case notifier.StatusFailed, notifier.StatusCancelled, notifier.StatusPaused:
+			rep.final = v
+			return fmt.Errorf("broadcast %d ended %s %s", v.ID, v.Status, v.Failure)
+		}
+		key := fmt.Sprint(v.Counts)
+		if key != lastKey {
+			lastKey, lastChange = key, time.Now()
+		}
+		if time.Since(lastChange) > o.stall {
+			rep.final = v
+			return fmt.Errorf("broadcast %d stalled: nothing changed for %s (%s)", v.ID, o.stall, line)
+		}
+		if time.Now().After(deadline) {
+			rep.final = v
+			return fmt.Errorf("broadcast %d did not complete within %s", v.ID, o.timeout)
+		}
+		// The count behind this endpoint reads every delivery of the broadcast;
+		// keep the observer well under the work it observes.
+		wait := max(o.poll, 4*lat)
+		for _, c := range b.children {
+			select {
+			case <-c.done:
+				return fmt.Errorf("notifyd (%s, pid %d) exited during the run: %v\n%s", c.role, c.pid, c.exitErr, bcTail(c.logPath, 15))
+			default:
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+func bcProgressLine(v *bcBroadcastView, channels []string, expected int64, elapsed time.Duration) string {
+	done := v.Counts.Sent + v.Counts.Failed + v.Counts.Suppressed + v.Counts.Unknown
+	frac := 0.0
+	if expected > 0 {
+		frac = min(1, float64(done)/float64(expected))
+	}
+	const width = 20
+	bar := strings.Repeat("#", int(frac*width)) + strings.Repeat(".", width-int(frac*width))
+	var parts []string
+	for _, ch := range channels {
+		c := v.Channels[ch]
+		parts = append(parts, fmt.Sprintf("%s %s sent/%s pending", ch, bcThousands(c.Sent), bcThousands(c.Pending+c.Sending)))
+	}
+	return fmt.Sprintf("[%s] %3.0f%% %6.1fs %-9s written %s/%s | %s", bar, frac*100, elapsed.Seconds(), v.Status,
+		bcThousands(v.Counts.Deliveries), bcThousands(expected), strings.Join(parts, " | "))
+}
+
+// Measurements.
+
+// bcReport is what one run measured.
+type bcReport struct {
+	opts         *bcOptions
+	channels     []string
+	broadcastID  int64
+	postedAt     time.Time
+	postLatency  time.Duration
+	observedDone time.Duration
+	final        bcBroadcastView
+	polls        int
+	pollTotal    time.Duration
+	pollMax      time.Duration
+
+	createdAt, expandedAt, completedAt time.Time
+	audience                           int64
+	deliveries                         int64
+	perChannel                         []bcChannelResult
+	idleRSS                            []int64
+	procs                              []bcProcMem
+	cpu                                bcCPUUse
+	pgStats                            []string
+	problems                           []string
+}
+
+type bcChannelResult struct {
+	channel             string
+	deliveries, sent    int64
+	byStatus            map[string]int64
+	firstClaim, lastEnd time.Time
+	// what the provider (fake) or the inbox table received
+	received, distinct, dups int64
+	dupKeys                  []string
+	fakeCount                int64
+	recvFirst, recvLast      time.Time
+}
+
+func (c *bcChannelResult) rate() float64 {
+	d := c.lastEnd.Sub(c.firstClaim).Seconds()
+	if d <= 0 {
+		return 0
+	}
+	return float64(c.sent) / d
+}
+
+type bcProcMem struct {
+	role          string
+	pid           int
+	hwmKiB        int64
+	maxSampledKiB int64
+}
+
+func (p bcProcMem) peakKiB() int64 { return max(p.hwmKiB, p.maxSampledKiB) }
+
+func (r *bcReport) expansionSeconds() float64 {
+	if r.expandedAt.IsZero() {
+		return 0
+	}
+	return r.expandedAt.Sub(r.createdAt).Seconds()
+}
+
+func (r *bcReport) expansionRate() float64 {
+	if s := r.expansionSeconds(); s > 0 {
+		return float64(r.deliveries) / s
+	}
+	return 0
+}
+
+// measure reads the run's figures from Postgres and the fakes.
+func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
+	var expandedAt, completedAt *time.Time
+	err := b.pool.QueryRow(ctx, `SELECT created_at, expanded_at, completed_at, audience_size FROM broadcasts WHERE id = $1`, rep.broadcastID).
+		Scan(&rep.createdAt, &expandedAt, &completedAt, &rep.audience)
+	if err != nil {
+		return err
+	}
+	if expandedAt != nil {
+		rep.expandedAt = *expandedAt
+	}
+	if completedAt != nil {
+		rep.completedAt = *completedAt
+	}
+	rows, err := b.pool.Query(ctx, `SELECT channel, status, count(*), min(claimed_at), max(finished_at)
+		FROM deliveries WHERE broadcast_id = $1 GROUP BY channel, status`, rep.broadcastID)
+	if err != nil {
+		return err
+	}
+	byChannel := map[string]*bcChannelResult{}
+	for _, ch := range rep.channels {
+		byChannel[ch] = &bcChannelResult{channel: ch, byStatus: map[string]int64{}}
+	}
+	for rows.Next() {
+		var ch, status string
+		var n int64
+		var claimed, finished *time.Time
+		if err := rows.Scan(&ch, &status, &n, &claimed, &finished); err != nil {
+			rows.Close()
+			return err
+		}
+		c := byChannel[ch]
+		if c == nil {
+			c = &bcChannelResult{channel: ch, byStatus: map[string]int64{}}
+			byChannel[ch] = c
+		}
+		c.deliveries += n
+		c.byStatus[status] += n
+		rep.deliveries += n
+		if status == notifier.DeliverySent {
+			c.sent = n
+			if claimed != nil {
+				c.firstClaim = *claimed
+			}
+			if finished != nil {
+				c.lastEnd = *finished
+			}
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, ch := range rep.channels {
+		c := byChannel[ch]
+		switch ch {
+		case notifier.ChannelEmail:
+			c.received, c.distinct, c.dups, c.dupKeys, c.recvFirst, c.recvLast = b.emailSeen.snapshot()
+			c.fakeCount = int64(b.sendgrid.Count())
+		case notifier.ChannelPush:
+			c.received, c.distinct, c.dups, c.dupKeys, c.recvFirst, c.recvLast = b.pushSeen.snapshot()
+			c.fakeCount = int64(b.fcm.Count())
+		case notifier.ChannelInbox:
+			err := b.pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT recipient_id), min(created_at), max(created_at)
+				FROM inbox_items WHERE broadcast_id = $1`, rep.broadcastID).Scan(&c.received, &c.distinct, &c.recvFirst, &c.recvLast)
+			if err != nil {
+				return err
+			}
+			c.dups, c.fakeCount = c.received-c.distinct, c.received
+			if c.dups > 0 {
+				dupRows, err := b.pool.Query(ctx, `SELECT recipient_id FROM inbox_items WHERE broadcast_id = $1
+					GROUP BY recipient_id HAVING count(*) > 1 LIMIT 5`, rep.broadcastID)
+				if err == nil {
+					c.dupKeys, _ = pgx.CollectRows(dupRows, pgx.RowTo[string])
+				}
+			}
+		}
+		rep.perChannel = append(rep.perChannel, *c)
+	}
+	// Every problem is an error of the run, said loudly.
+	want := int64(b.opts.recipients)
+	if rep.audience != want {
+		rep.problems = append(rep.problems, fmt.Sprintf("audience is %s recipients, want %s", bcThousands(rep.audience), bcThousands(want)))
+	}
+	for _, c := range rep.perChannel {
+		if c.deliveries != want || c.sent != want {
+			rep.problems = append(rep.problems, fmt.Sprintf("%s: %s deliveries, %s sent, want %s (by status: %v)",
+				c.channel, bcThousands(c.deliveries), bcThousands(c.sent), bcThousands(want), c.byStatus))
+		}
+		if c.dups > 0 {
+			rep.problems = append(rep.problems, fmt.Sprintf("DUPLICATES: %s received %s messages twice or more (e.g. %s)",
+				c.channel, bcThousands(c.dups), strings.Join(c.dupKeys, ", ")))
+		}
+		if c.received != c.sent || c.distinct != c.sent {
+			rep.problems = append(rep.problems, fmt.Sprintf("%s: %s sent but the provider received %s (%s distinct)",
+				c.channel, bcThousands(c.sent), bcThousands(c.received), bcThousands(c.distinct)))
+		}
+		if c.fakeCount != c.received {
+			rep.problems = append(rep.problems, fmt.Sprintf("%s: the fake counted %s, the bench %s", c.channel, bcThousands(c.fakeCount), bcThousands(c.received)))
+		}
+	}
+	return nil
+}
+
+func (b *bcBench) topStatements(ctx context.Context) ([]string, error) {
+	rows, err := b.pool.Query(ctx, `SELECT calls, total_exec_time, mean_exec_time, rows,
+			left(regexp_replace(query, '\s+', ' ', 'g'), 160)
+		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+		ORDER BY total_exec_time DESC LIMIT 15`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var calls, nrows int64
+		var total, mean float64
+		var q string
+		if err := rows.Scan(&calls, &total, &mean, &nrows, &q); err != nil {
+			return nil, err
+		}
+		out = append(out, fmt.Sprintf("%9.1f s\t%8d calls\t%8.2f ms\t%10d rows\t%s", total/1000, calls, mean, nrows, q))
+	}
+	return out, rows.Err()
+}
+
+// verdict is the run's error when a check failed.
+func (r *bcReport) verdict() error {
+	if len(r.problems) > 0 {
+		return fmt.Errorf("bench found %d problem(s): %s", len(r.problems), strings.Join(r.problems, "; "))
+	}
+	return nil
+}
+
+// Goals for 1,000,000 recipients (issue 3).
+const (
+	bcGoalExpansion = 100_000 // deliveries/s
+	bcGoalEmail     = 20_000  // msgs/s
+	bcGoalPush      = 5_000   // msgs/s
+	bcGoalRSSBytes  = 150e6   // bytes
+)
+
+func bcGoal(ok bool, goal string) string {
+	if ok {
+		return "pass (goal " + goal + ")"
+	}
+	return "FAIL (goal " + goal + ")"
+}
+
+func (b *bcBench) printReport(r *bcReport) {
+	b.outMu.Lock()
+	defer b.outMu.Unlock()
+	out := bufio.NewWriter(b.stdout)
+	defer out.Flush()
+	fmt.Fprintf(out, "\nRESULTS  broadcast %d: %s recipients, channels %s, %d notifyd process(es)\n",
+		r.broadcastID, bcThousands(int64(r.opts.recipients)), strings.Join(r.channels, ","), r.opts.workers)
+	if r.opts.recipients != 1_000_000 {
+		fmt.Fprintln(out, "(the goals are set for 1,000,000 recipients)")
+	}
+	tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+	if !r.createdAt.IsZero() {
+		fmt.Fprintf(tw, "expansion\t%s deliveries in %s\t%s deliveries/s\t%s\n", bcThousands(r.deliveries),
+			bcSeconds(time.Duration(r.expansionSeconds()*float64(time.Second))), bcThousands(int64(r.expansionRate())),
+			bcGoal(r.expansionRate() >= bcGoalExpansion, "100,000/s"))
+	}
+	for _, c := range r.perChannel {
+		goal := ""
+		switch c.channel {
+		case notifier.ChannelEmail:
+			goal = bcGoal(c.rate() >= bcGoalEmail, "20,000/s")
+		case notifier.ChannelPush:
+			goal = bcGoal(c.rate() >= bcGoalPush, "5,000/s")
+		}
+		fmt.Fprintf(tw, "%s delivery\t%s sent in %s\t%s msgs/s\t%s\n", c.channel, bcThousands(c.sent),
+			bcSeconds(c.lastEnd.Sub(c.firstClaim)), bcThousands(int64(c.rate())), goal)
+	}
+	if !r.completedAt.IsZero() {
+		fmt.Fprintf(tw, "end to end\tcreated -> completed %s\t(client saw %s, POST took %s)\t\n",
+			bcSeconds(r.completedAt.Sub(r.createdAt)), bcSeconds(r.observedDone), bcMillis(r.postLatency))
+	}
+	for i, p := range r.procs {
+		idle := int64(-1)
+		if i < len(r.idleRSS) {
+			idle = r.idleRSS[i]
+		}
+		fmt.Fprintf(tw, "peak RSS notifyd[%d] %s\t%s (VmHWM %s, max sampled VmRSS %s)\tidle before: %s\t%s\n", i, p.role,
+			bcMB(p.peakKiB()), bcMB(p.hwmKiB), bcMB(p.maxSampledKiB), bcMB(idle), bcGoal(float64(p.peakKiB())*1024 <= bcGoalRSSBytes, "150 MB"))
+	}
+	tw.Flush()
+
+	fmt.Fprintln(out, "\ndetails")
+	tw = tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+	for _, c := range r.perChannel {
+		var st []string
+		for _, s := range []string{"sent", "failed", "suppressed", "unknown", "cancelled", "pending", "sending"} {
+			if n := c.byStatus[s]; n > 0 {
+				st = append(st, s+" "+bcThousands(n))
+			}
+		}
+		recv := "provider"
+		if c.channel == notifier.ChannelInbox {
+			recv = "inbox_items"
+		}
+		window := c.recvLast.Sub(c.recvFirst).Seconds()
+		fmt.Fprintf(tw, "%s\tdeliveries %s (%s); %s received %s, %s distinct (fake's own count %s); %s/s as the receiver saw it\n", c.channel,
+			bcThousands(c.deliveries), strings.Join(st, ", "), recv, bcThousands(c.received), bcThousands(c.distinct),
+			bcThousands(c.fakeCount), bcThousands(int64(bcDiv(float64(c.received), window))))
+		if !c.firstClaim.IsZero() {
+			fmt.Fprintf(tw, "\tfirst claim %s after create, last finish %s after create\n",
+				bcSeconds(c.firstClaim.Sub(r.createdAt)), bcSeconds(c.lastEnd.Sub(r.createdAt)))
+		}
+	}
+	if r.audience > 0 && r.expansionSeconds() > 0 {
+		fmt.Fprintf(tw, "expansion\t%s recipients/s (created_at -> expanded_at, both transaction times)\n",
+			bcThousands(int64(float64(r.audience)/r.expansionSeconds())))
+	}
+	if r.polls > 0 {
+		fmt.Fprintf(tw, "observer\t%d polls of GET /v1/broadcasts/{id}, mean %s, max %s\n", r.polls,
+			bcMillis(r.pollTotal/time.Duration(r.polls)), bcMillis(r.pollMax))
+	}
+	fmt.Fprintf(tw, "CPU\tcores used from POST to completed: %s\n", r.cpu)
+	tw.Flush()
+
+	for _, c := range r.perChannel {
+		status := "OK"
+		if c.sent != int64(r.opts.recipients) || c.dups > 0 || c.received != c.sent || c.distinct != c.sent {
+			status = "FAILED"
+		}
+		fmt.Fprintf(out, "check %s: sent %s of %s deliveries; received %s (%s distinct, %s duplicates): %s\n", c.channel,
+			bcThousands(c.sent), bcThousands(c.deliveries), bcThousands(c.received), bcThousands(c.distinct), bcThousands(c.dups), status)
+	}
+	if len(r.pgStats) > 0 {
+		fmt.Fprintln(out, "\ntop statements (pg_stat_statements, by total time):")
+		tw = tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
+		for _, l := range r.pgStats {
+			fmt.Fprintln(tw, l)
+		}
+		tw.Flush()
+	}
+	for _, p := range r.problems {
+		fmt.Fprintf(out, "\n!!! ERROR: %s\n", p)
+	}
+	if len(r.problems) == 0 && len(r.perChannel) > 0 {
+		fmt.Fprintln(out, "\nall deliveries sent once; no duplicates")
+	}
+}
+
+// CPU accounting from /proc.
+
+type bcCPUSample struct {
+	at       time.Time
+	children []time.Duration
+	postgres time.Duration
+	pgOK     bool
+	self     time.Duration
+	busy     uint64
+	total    uint64
+}
+
+type bcCPUUse struct {
+	children     []float64
+	postgres     float64
+	pgOK         bool
+	self         float64
+	machine      float64 // busy cores
+	machineCores int
+}
+
+func (u bcCPUUse) String() string {
+	var parts []string
+	for i, c := range u.children {
+		parts = append(parts, fmt.Sprintf("notifyd[%d] %.2f", i, c))
+	}
+	if u.pgOK {
+		parts = append(parts, fmt.Sprintf("postgres %.2f", u.postgres))
+	} else {
+		parts = append(parts, "postgres n/a")
+	}
+	parts = append(parts, fmt.Sprintf("bench+fakes %.2f", u.self))
+	parts = append(parts, fmt.Sprintf("machine busy %.2f of %d", u.machine, u.machineCores))
+	return strings.Join(parts, ", ")
+}
+
+func (b *bcBench) sampleCPU() bcCPUSample {
+	s := bcCPUSample{at: time.Now()}
+	for _, c := range b.children {
+		t, _ := bcProcCPU(c.pid)
+		s.children = append(s.children, t)
+	}
+	if b.cluster != nil {
+		s.postgres, s.pgOK = bcClusterCPU(filepath.Join(b.cluster.Dir, "data"))
+	}
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	s.busy, s.total = bcMachineCPU()
+	return s
+}
+
+func bcCPUBetween(a, b bcCPUSample) bcCPUUse {
+	wall := b.at.Sub(a.at).Seconds()
+	u := bcCPUUse{pgOK: a.pgOK && b.pgOK, machineCores: runtime.NumCPU()}
+	for i := range min(len(a.children), len(b.children)) {
+		u.children = append(u.children, (b.children[i]-a.children[i]).Seconds()/wall)
+	}
+	if u.pgOK {
+		u.postgres = (b.postgres - a.postgres).Seconds() / wall
+	}
+	u.self = (b.self - a.self).Seconds() / wall
+	if b.total > a.total {
+		u.machine = float64(b.busy-a.busy) / float64(b.total-a.total) * float64(u.machineCores)
+	}
+	return u
+}
+
+// bcProcStat reads ppid, utime+stime and cutime+cstime of /proc/PID/stat.
+func bcProcStat(pid int) (ppid int, own, children uint64, ok bool) {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, 0, false
+	}
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return 0, 0, 0, false
+	}
+	f := strings.Fields(string(raw[i+1:]))
+	if len(f) < 15 {
+		return 0, 0, 0, false
+	}
+	ppid, _ = strconv.Atoi(f[1])
+	ut, _ := strconv.ParseUint(f[11], 10, 64)
+	st, _ := strconv.ParseUint(f[12], 10, 64)
+	cut, _ := strconv.ParseUint(f[13], 10, 64)
+	cst, _ := strconv.ParseUint(f[14], 10, 64)
+	return ppid, ut + st, cut + cst, true
+}
+
+// bcTicks is USER_HZ, the unit of /proc CPU times.
+const bcTicks = 100
+
+func bcProcCPU(pid int) (time.Duration, bool) {
+	_, own, _, ok := bcProcStat(pid)
+	return time.Duration(own) * time.Second / bcTicks, ok
+}
+
+// bcClusterCPU is the CPU time of the postmaster, its exited children and its
+// live children (the backends).
+func bcClusterCPU(dataDir string) (time.Duration, bool) {
+	raw, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	first, _, _ := strings.Cut(string(raw), "\n")
+	postmaster, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil {
+		return 0, false
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, false
+	}
+	var ticks uint64
+	found := false
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		ppid, own, children, ok := bcProcStat(pid)
+		switch {
+		case !ok:
+		case pid == postmaster:
+			ticks += own + children
+			found = true
+		case ppid == postmaster:
+			ticks += own
+		}
+	}
+	return time.Duration(ticks) * time.Second / bcTicks, found
+}
+
+func bcMachineCPU() (busy, total uint64) {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 5 || fields[0] != "cpu" {
+		return 0, 0
+	}
+	for i, f := range fields[1:min(len(fields), 9)] {
+		v, _ := strconv.ParseUint(f, 10, 64)
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
+
+// bcProcStatusKiB reads a "Vm...: N kB" line of /proc/PID/status; -1 if absent.
+func bcProcStatusKiB(pid int, field string) int64 {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return -1
+	}
+	for line := range strings.Lines(string(raw)) {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return -1
+			}
+			return n
+		}
+	}
+	return -1
+}
+
+// The profiled child.
+
+// runBcProfiledServe is `notifyd serve` with a CPU profile, and a heap profile
+// (plus the Go runtime's memory figures) written whenever RSS reaches a new peak.
+func runBcProfiledServe(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) < 1 {
+		return errors.New("usage: notifyd bench " + bcProfiledServe + " FILE [serve flags]")
+	}
+	file := args[0]
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return err
+	}
+	defer pprof.StopCPUProfile()
+	heapCtx, stopHeap := context.WithCancel(ctx)
+	defer stopHeap()
+	go bcHeapAtPeaks(heapCtx, strings.TrimSuffix(file, ".cpu.pprof"))
+	return runServe(ctx, args[1:], getenv, stdout, stderr)
+}
+
+func bcHeapAtPeaks(ctx context.Context, prefix string) {
+	var peak int64
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rss := bcProcStatusKiB(os.Getpid(), "VmRSS")
+		if rss < peak+peak/20 { // 5% above the last snapshot
+			continue
+		}
+		peak = rss
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if f, err := os.Create(prefix + ".heap.pprof"); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+		summary := fmt.Sprintf("at %s: VmRSS %d KiB\nHeapAlloc %d\nHeapInuse %d\nHeapIdle %d\nHeapReleased %d\nHeapSys %d\nStackInuse %d\nStackSys %d\nMSpanSys %d\nGCSys %d\nOtherSys %d\nSys %d\nNumGC %d\nNextGC %d\nGoroutines %d\n",
+			time.Now().Format(time.RFC3339Nano), rss, ms.HeapAlloc, ms.HeapInuse, ms.HeapIdle, ms.HeapReleased, ms.HeapSys,
+			ms.StackInuse, ms.StackSys, ms.MSpanSys, ms.GCSys, ms.OtherSys, ms.Sys, ms.NumGC, ms.NextGC, runtime.NumGoroutine())
+		_ = os.WriteFile(prefix+".memstats.txt", []byte(summary), 0o644)
+	}
+}
+
+// Small helpers.
+
+func bcFreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func bcFileContains(path, s string) bool {
+	raw, err := os.ReadFile(path)
+	return err == nil && bytes.Contains(raw, []byte(s))
+}
+
+func bcTail(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
+}
+
+func bcIsTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func bcRandomHex(n int) string {
+	buf := make([]byte, n)
+	_, _ = rand.Read(buf)
+	return hex.EncodeToString(buf)
+}
+
+func bcSnippet(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 300 {
+		s = s[:300] + "..."
+	}
+	return s
+}
+
+func bcThousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var sb strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteRune(r)
+	}
+	if neg {
+		return "-" + sb.String()
+	}
+	return sb.String()
+}
+
+func bcSeconds(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) + " s"
+}
+
+func bcMillis(d time.Duration) string {
+	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 1, 64) + " ms"
+}
+
+// bcMB renders KiB as decimal megabytes, the unit of the RSS goal.
+func bcMB(kib int64) string {
+	if kib < 0 {
+		return "n/a"
+	}
+	return strconv.FormatFloat(float64(kib)*1024/1e6, 'f', 1, 64) + " MB"
+}
+
+func bcDiv(a, b float64) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return a / b
+}
