@@ -77,6 +77,9 @@ func (s *Service) withIdempotency(ctx context.Context, apiKeyID, key, request st
 					Fields: map[string]string{"Idempotency-Key": "already used for a different request"}}
 			}
 			res, replayed = &idempotentResult{Status: storedStatus, Body: storedBody}, true
+			if s.opts.Metrics != nil {
+				s.opts.Metrics.IdempotentReplays.WithLabelValues(request).Inc()
+			}
 			return nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {

@@ -7,6 +7,8 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/notifyd/notifyd/notifier/telemetry"
 )
 
 // ServerOpts are the optional parts of the HTTP server.
@@ -14,6 +16,8 @@ type ServerOpts struct {
 	// Ready reports whether the service can take traffic (database reachable,
 	// schema at the expected version); nil means always ready.
 	Ready func(ctx context.Context) error
+	// Metrics, when set, times every request and serves GET /metrics.
+	Metrics *telemetry.Metrics
 }
 
 // NewServer returns the whole HTTP API. Every route is listed here.
@@ -27,6 +31,10 @@ func NewServer(svc *Service, logger *slog.Logger, opts *ServerOpts) http.Handler
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID)
 	r.Use(middleware.Recoverer)
+	if opts.Metrics != nil {
+		r.Use(opts.Metrics.Middleware)
+		r.Method(http.MethodGet, "/metrics", opts.Metrics.Handler())
+	}
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, logger, Errorf(ENOTFOUND, "no route %s %s", r.Method, r.URL.Path))
 	})

@@ -2,12 +2,16 @@ package notifier
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"errors"
 	"log/slog"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/notifyd/notifyd/notifier/telemetry"
 )
 
 // Service is notifyd's domain logic over Postgres. The HTTP API, the CLI and the
@@ -24,6 +28,19 @@ type ServiceOpts struct {
 	RequiredCategories []string
 	// Enqueuer puts jobs on the queue; required to create broadcasts and notifications.
 	Enqueuer Enqueuer
+	// Metrics, when set, counts idempotent replays.
+	Metrics *telemetry.Metrics
+	// Secret signs unsubscribe links (HMAC-SHA256). Without it (or PublicURL)
+	// emails carry no List-Unsubscribe header and every unsubscribe link is refused.
+	Secret []byte
+	// PublicURL is the base URL links in messages point to, e.g.
+	// https://notify.example.com; unsubscribe links are PublicURL/unsubscribe/{token}.
+	PublicURL string
+	// UnsubscribeTTL is how long an unsubscribe link works; 0 means DefaultUnsubscribeTTL.
+	UnsubscribeTTL time.Duration
+	// SendGridWebhookKey verifies SendGrid's signed event webhook (see
+	// ParseSendGridWebhookKey); nil refuses every webhook request.
+	SendGridWebhookKey *ecdsa.PublicKey
 }
 
 // NewService returns a Service over pool.

@@ -18,6 +18,7 @@ import (
 	"github.com/notifyd/notifyd/channels/push"
 	"github.com/notifyd/notifyd/migrations"
 	"github.com/notifyd/notifyd/notifier"
+	"github.com/notifyd/notifyd/notifier/telemetry"
 	"github.com/notifyd/notifyd/queue"
 )
 
@@ -49,9 +50,10 @@ type serveHooks struct {
 func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, hooks *serveHooks) error {
 	runAPI := c.Role == "all" || c.Role == "api"
 	runWorkers := c.Role == "all" || c.Role == "worker"
+	metrics := telemetry.New(pool, logger)
 	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers}
 	if runWorkers {
-		channels, err := buildChannels(ctx, c, pool, logger)
+		channels, err := buildChannels(ctx, c, pool, logger, metrics)
 		if err != nil {
 			return err
 		}
@@ -61,7 +63,7 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 	if err != nil {
 		return err
 	}
-	svc := notifier.NewService(pool, logger, &notifier.ServiceOpts{RequiredCategories: c.requiredCategories(), Enqueuer: q})
+	svc := notifier.NewService(pool, logger, &notifier.ServiceOpts{RequiredCategories: c.requiredCategories(), Enqueuer: q, Metrics: metrics})
 
 	errc := make(chan error, 2)
 	if runWorkers {
@@ -78,7 +80,8 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 		}
 		srv = &http.Server{
 			Handler: notifier.NewServer(svc, logger, &notifier.ServerOpts{
-				Ready: func(ctx context.Context) error { return migrations.Check(ctx, pool) },
+				Ready:   func(ctx context.Context) error { return migrations.Check(ctx, pool) },
+				Metrics: metrics,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
@@ -116,10 +119,17 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 
 // buildChannels makes the channels this worker can deliver on. The inbox needs
 // only the database; email and push need their provider settings.
-func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger) (map[string]notifier.Channel, error) {
+func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, metrics *telemetry.Metrics) (map[string]notifier.Channel, error) {
+	// Provider clients: own timeouts and pools, each request timed for /metrics.
+	providerClient := func(channel string) *http.Client {
+		transport := http.DefaultTransport.(*http.Transport).Clone()
+		transport.MaxIdleConnsPerHost = 256
+		return &http.Client{Transport: metrics.Transport(channel, transport), Timeout: 30 * time.Second}
+	}
 	channels := map[string]notifier.Channel{notifier.ChannelInbox: inbox.New(pool)}
 	if c.SendGridAPIKey != "" {
-		sender, err := email.New(email.Config{APIKey: c.SendGridAPIKey, BaseURL: c.SendGridBaseURL, From: c.EmailFrom})
+		sender, err := email.New(email.Config{APIKey: c.SendGridAPIKey, BaseURL: c.SendGridBaseURL, From: c.EmailFrom,
+			HTTPClient: providerClient(notifier.ChannelEmail)})
 		if err != nil {
 			return nil, fmt.Errorf("email channel (NOTIFYD_SENDGRID_*, NOTIFYD_EMAIL_FROM): %w", err)
 		}
@@ -128,7 +138,12 @@ func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *s
 		logger.Warn("email channel off: set NOTIFYD_SENDGRID_API_KEY and NOTIFYD_EMAIL_FROM")
 	}
 	if c.FCMProjectID != "" {
-		sender, err := push.New(ctx, push.Config{ProjectID: c.FCMProjectID, Credentials: c.FCMCredentials, Endpoint: c.FCMEndpoint})
+		pushCfg := push.Config{ProjectID: c.FCMProjectID, Credentials: c.FCMCredentials, Endpoint: c.FCMEndpoint}
+		if c.FCMCredentials == push.CredentialsNone {
+			// With real credentials the SDK builds its own authenticating client.
+			pushCfg.HTTPClient = providerClient(notifier.ChannelPush)
+		}
+		sender, err := push.New(ctx, pushCfg)
 		if err != nil {
 			return nil, fmt.Errorf("push channel (NOTIFYD_FCM_*): %w", err)
 		}

@@ -1,0 +1,208 @@
+// Package telemetry holds notifyd's Prometheus metrics. Counts that must agree
+// with the API (deliveries by status, queue depth) are read from Postgres at
+// scrape time, so every replica reports the same truth and nothing resets on a
+// restart; latencies and rates are measured in-process.
+package telemetry
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is the registry and the in-process instruments.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	HTTPDuration      *prometheus.HistogramVec // route, method, status
+	ProviderDuration  *prometheus.HistogramVec // channel, status
+	IdempotentReplays *prometheus.CounterVec   // request
+	LimiterWait       *prometheus.HistogramVec // channel
+}
+
+// New registers the metrics; pool feeds the database-backed ones (nil: none).
+func New(pool *pgxpool.Pool, logger *slog.Logger) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: reg,
+		HTTPDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "notifyd_http_request_duration_seconds", Help: "HTTP API request latency by route.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+		}, []string{"route", "method", "status"}),
+		ProviderDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "notifyd_provider_request_duration_seconds", Help: "Provider HTTP request latency by channel and HTTP status (0: no answer).",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}, []string{"channel", "status"}),
+		IdempotentReplays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notifyd_idempotent_replays_total", Help: "Requests answered from a stored Idempotency-Key response.",
+		}, []string{"request"}),
+		LimiterWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "notifyd_rate_limiter_wait_seconds", Help: "Time a delivery batch waited for provider rate-limit tokens.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 3, 12),
+		}, []string{"channel"}),
+	}
+	reg.MustRegister(m.HTTPDuration, m.ProviderDuration, m.IdempotentReplays, m.LimiterWait,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if pool != nil {
+		reg.MustRegister(newDBCollector(pool, logger))
+	}
+	return m
+}
+
+// Handler serves /metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
+}
+
+// Middleware records request latency by chi route pattern (not the raw path,
+// which would make one series per recipient).
+func (m *Metrics) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		route := "unmatched"
+		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+			route = rc.RoutePattern()
+		}
+		m.HTTPDuration.WithLabelValues(route, r.Method, strconv.Itoa(rec.status)).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// Transport wraps a provider client's transport to time each request.
+func (m *Metrics) Transport(channel string, base http.RoundTripper) http.RoundTripper {
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		start := time.Now()
+		resp, err := base.RoundTrip(req)
+		status := "0"
+		if err == nil {
+			status = strconv.Itoa(resp.StatusCode)
+		}
+		m.ProviderDuration.WithLabelValues(channel, status).Observe(time.Since(start).Seconds())
+		return resp, err
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// dbCollector reads the database-backed metrics at scrape time, at most once per
+// cacheFor so that frequent scrapes of many replicas stay cheap.
+type dbCollector struct {
+	pool   *pgxpool.Pool
+	logger *slog.Logger
+
+	deliveries, queueDepth, oldestAge, broadcastProgress, broadcasts *prometheus.Desc
+
+	mu      sync.Mutex
+	cached  []prometheus.Metric
+	fetched time.Time
+}
+
+const cacheFor = 5 * time.Second
+
+func newDBCollector(pool *pgxpool.Pool, logger *slog.Logger) *dbCollector {
+	return &dbCollector{
+		pool: pool, logger: logger,
+		deliveries: prometheus.NewDesc("notifyd_deliveries", "Deliveries by channel and status (pending, sending, sent, failed, suppressed, cancelled, unknown).",
+			[]string{"channel", "status"}, nil),
+		queueDepth: prometheus.NewDesc("notifyd_queue_jobs", "Jobs waiting to run by queue and state (available, scheduled, retryable, running).",
+			[]string{"queue", "state"}, nil),
+		oldestAge: prometheus.NewDesc("notifyd_queue_oldest_pending_seconds", "Age of the oldest job due to run, by queue.",
+			[]string{"queue"}, nil),
+		broadcastProgress: prometheus.NewDesc("notifyd_broadcast_open_deliveries", "Deliveries still pending or sending, per unfinished broadcast.",
+			[]string{"broadcast_id"}, nil),
+		broadcasts: prometheus.NewDesc("notifyd_broadcasts", "Broadcasts by status.", []string{"status"}, nil),
+	}
+}
+
+func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.deliveries, c.queueDepth, c.oldestAge, c.broadcastProgress, c.broadcasts} {
+		ch <- d
+	}
+}
+
+func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.fetched) > cacheFor {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		metrics, err := c.fetch(ctx)
+		cancel()
+		if err != nil {
+			c.logger.Warn("metrics: reading the database failed", "err", err)
+		} else {
+			c.cached, c.fetched = metrics, time.Now()
+		}
+	}
+	for _, m := range c.cached {
+		ch <- m
+	}
+}
+
+func (c *dbCollector) fetch(ctx context.Context) ([]prometheus.Metric, error) {
+	var out []prometheus.Metric
+	gauges := func(desc *prometheus.Desc, sql string) error {
+		rows, err := c.pool.Query(ctx, sql)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var labels [2]string
+			var value float64
+			n := len(rows.FieldDescriptions()) - 1
+			dest := []any{&labels[0]}
+			if n == 2 {
+				dest = append(dest, &labels[1])
+			}
+			if err := rows.Scan(append(dest, &value)...); err != nil {
+				return err
+			}
+			out = append(out, prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, value, labels[:n]...))
+		}
+		return rows.Err()
+	}
+	queries := []struct {
+		desc *prometheus.Desc
+		sql  string
+	}{
+		{c.deliveries, `SELECT channel, status, count(*)::float8 FROM deliveries GROUP BY 1, 2`},
+		{c.queueDepth, `SELECT queue, state::text, count(*)::float8 FROM river_job
+			WHERE state IN ('available', 'scheduled', 'retryable', 'running') GROUP BY 1, 2`},
+		{c.oldestAge, `SELECT queue, extract(epoch FROM now() - min(scheduled_at))::float8 FROM river_job
+			WHERE state = 'available' GROUP BY 1`},
+		{c.broadcastProgress, `SELECT broadcast_id::text, count(*)::float8 FROM deliveries
+			WHERE status IN ('pending', 'sending') AND broadcast_id IS NOT NULL GROUP BY 1`},
+		{c.broadcasts, `SELECT status, count(*)::float8 FROM broadcasts GROUP BY 1`},
+	}
+	for _, q := range queries {
+		if err := gauges(q.desc, q.sql); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
