@@ -1,9 +1,12 @@
 package main
 
 import (
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -30,6 +33,7 @@ type config struct {
 	RequiredCategories string
 	LogFormat          string
 	BulkWorkers        int
+	PprofAddr          string
 	ShutdownTimeout    time.Duration
 }
 
@@ -68,6 +72,7 @@ func bindConfig(fs *flag.FlagSet, getenv func(string) string, c *config) {
 	str(&c.Secret, "secret", "NOTIFYD_SECRET", "", "secret that signs unsubscribe links")
 	str(&c.PublicURL, "public-url", "NOTIFYD_PUBLIC_URL", "", "base URL that links in messages point to")
 	str(&c.RequiredCategories, "required-categories", "NOTIFYD_REQUIRED_CATEGORIES", "security,legal", "comma-separated categories nobody can opt out of")
+	str(&c.PprofAddr, "pprof-addr", "NOTIFYD_PPROF_ADDR", "", "listen address for net/http/pprof, e.g. 127.0.0.1:6060 (off when empty)")
 	str(&c.LogFormat, "log-format", "NOTIFYD_LOG_FORMAT", "json", "log format: json or text")
 	workers := 16
 	if v, err := strconv.Atoi(getenv("NOTIFYD_BULK_WORKERS")); err == nil {
@@ -101,6 +106,14 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("NOTIFYD_PUBLIC_URL must be an absolute URL like https://notify.example.com, not %q", c.PublicURL))
 		}
 	}
+	if c.Secret != "" && len(c.Secret) < minSecretLen {
+		errs = append(errs, fmt.Errorf("NOTIFYD_SECRET must be at least %d characters (random, e.g. openssl rand -base64 32)", minSecretLen))
+	}
+	if c.SendGridWebhookKey != "" {
+		if _, err := notifier.ParseSendGridWebhookKey(c.SendGridWebhookKey); err != nil {
+			errs = append(errs, fmt.Errorf("NOTIFYD_SENDGRID_WEBHOOK_KEY must be the base64 ECDSA public key SendGrid shows for the signed event webhook: %v", err))
+		}
+	}
 	if c.BulkWorkers < 1 || c.BulkWorkers > 1000 {
 		errs = append(errs, fmt.Errorf("NOTIFYD_BULK_WORKERS must be 1 to 1000, not %d", c.BulkWorkers))
 	}
@@ -108,6 +121,66 @@ func (c *config) validate() error {
 		errs = append(errs, fmt.Errorf("NOTIFYD_LOG_FORMAT must be json or text, not %q", c.LogFormat))
 	}
 	return errors.Join(errs...)
+}
+
+// minSecretLen is the shortest NOTIFYD_SECRET accepted: 256 bits of base64.
+const minSecretLen = 32
+
+// validateLinks checks what `notifyd serve` needs for unsubscribe links: every
+// email carries one, so with the email channel configured NOTIFYD_SECRET and
+// NOTIFYD_PUBLIC_URL are required. (`notifyd dev` makes both up; see linkOpts.)
+func (c *config) validateLinks() error {
+	if c.SendGridAPIKey == "" {
+		return nil
+	}
+	var missing []string
+	if c.Secret == "" {
+		missing = append(missing, "NOTIFYD_SECRET")
+	}
+	if c.PublicURL == "" {
+		missing = append(missing, "NOTIFYD_PUBLIC_URL")
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s required with the email channel (NOTIFYD_SENDGRID_API_KEY is set): every email carries a one-click unsubscribe link "+
+		"signed with NOTIFYD_SECRET (%d or more random characters) and pointing at NOTIFYD_PUBLIC_URL (e.g. https://notify.example.com)",
+		strings.Join(missing, " and ")+map[bool]string{true: " is", false: " are"}[len(missing) == 1], minSecretLen)
+}
+
+// linkOpts sets the ServiceOpts of unsubscribe links and of the SendGrid webhook.
+// Without NOTIFYD_SECRET (dev, or a process without email) links are signed with
+// a random secret that lasts as long as the process; without NOTIFYD_PUBLIC_URL
+// they point at ln, the API's listener (nil when this process serves no API).
+func (c *config) linkOpts(opts *notifier.ServiceOpts, ln net.Listener, logger *slog.Logger) error {
+	opts.Secret = []byte(c.Secret)
+	if c.Secret == "" {
+		opts.Secret = make([]byte, minSecretLen)
+		if _, err := rand.Read(opts.Secret); err != nil {
+			return err
+		}
+		logger.Warn("NOTIFYD_SECRET is not set: unsubscribe links are signed with a random secret and stop working when this process stops")
+	}
+	opts.PublicURL = c.PublicURL
+	if opts.PublicURL == "" && ln != nil {
+		host, port, err := net.SplitHostPort(ln.Addr().String())
+		if err != nil {
+			return err
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			host = "localhost"
+		}
+		opts.PublicURL = "http://" + net.JoinHostPort(host, port)
+		logger.Warn("NOTIFYD_PUBLIC_URL is not set: links in messages point at this process", "public_url", opts.PublicURL)
+	}
+	if c.SendGridWebhookKey != "" {
+		key, err := notifier.ParseSendGridWebhookKey(c.SendGridWebhookKey)
+		if err != nil {
+			return fmt.Errorf("NOTIFYD_SENDGRID_WEBHOOK_KEY: %w", err)
+		}
+		opts.SendGridWebhookKey = key
+	}
+	return nil
 }
 
 func (c *config) requiredCategories() []string {

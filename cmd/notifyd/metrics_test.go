@@ -67,3 +67,24 @@ func TestMetricsAgreeWithTheAPI(t *testing.T) {
 		t.Fatalf("completed broadcasts = %v", v)
 	}
 }
+
+func TestPprofIsOnlyOnItsOwnListener(t *testing.T) {
+	t.Parallel()
+	addr, stop, err := startPprof("127.0.0.1:0", newLogger("text", io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	resp, err := http.Get("http://" + addr + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("pprof index = %d", resp.StatusCode)
+	}
+	e := startE2E(t, nil)
+	if resp, err := http.Get(e.base + "/debug/pprof/"); err != nil || resp.StatusCode != 404 {
+		t.Fatalf("the API address serves pprof: %v %v", resp.StatusCode, err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/notifyd/notifyd/channels/push"
 	"github.com/notifyd/notifyd/migrations"
 	"github.com/notifyd/notifyd/notifier"
+	"github.com/notifyd/notifyd/notifier/adminui"
 	"github.com/notifyd/notifyd/notifier/telemetry"
 	"github.com/notifyd/notifyd/queue"
 )
@@ -28,6 +30,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	if err := c.validate(); err != nil {
+		return err
+	}
+	if err := c.validateLinks(); err != nil {
 		return err
 	}
 	logger := newLogger(c.LogFormat, stderr)
@@ -50,6 +55,15 @@ type serveHooks struct {
 func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, hooks *serveHooks) error {
 	runAPI := c.Role == "all" || c.Role == "api"
 	runWorkers := c.Role == "all" || c.Role == "worker"
+	var ln net.Listener
+	if runAPI {
+		// Listen first: without NOTIFYD_PUBLIC_URL (dev), links in messages point here.
+		var err error
+		if ln, err = net.Listen("tcp", c.Addr); err != nil {
+			return fmt.Errorf("NOTIFYD_ADDR %s: %w", c.Addr, err)
+		}
+		defer ln.Close()
+	}
 	metrics := telemetry.New(pool, logger)
 	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers}
 	if runWorkers {
@@ -63,9 +77,20 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 	if err != nil {
 		return err
 	}
-	svc := notifier.NewService(pool, logger, &notifier.ServiceOpts{RequiredCategories: c.requiredCategories(), Enqueuer: q, Metrics: metrics})
+	svcOpts := &notifier.ServiceOpts{RequiredCategories: c.requiredCategories(), Enqueuer: q, Metrics: metrics}
+	if err := c.linkOpts(svcOpts, ln, logger); err != nil {
+		return err
+	}
+	svc := notifier.NewService(pool, logger, svcOpts)
 
 	errc := make(chan error, 2)
+	if c.PprofAddr != "" {
+		_, stopPprof, err := startPprof(c.PprofAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 	if runWorkers {
 		if err := q.Start(ctx, svc); err != nil {
 			return err
@@ -74,14 +99,11 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 	}
 	var srv *http.Server
 	if runAPI {
-		ln, err := net.Listen("tcp", c.Addr)
-		if err != nil {
-			return fmt.Errorf("NOTIFYD_ADDR %s: %w", c.Addr, err)
-		}
 		srv = &http.Server{
 			Handler: notifier.NewServer(svc, logger, &notifier.ServerOpts{
 				Ready:   func(ctx context.Context) error { return migrations.Check(ctx, pool) },
 				Metrics: metrics,
+				Admin:   adminui.New(svc, logger, nil),
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
@@ -161,4 +183,23 @@ func channelNames(channels map[string]notifier.Channel) []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// startPprof serves net/http/pprof on its own listener, so profiling is never
+// reachable through the API's address.
+func startPprof(addr string, logger *slog.Logger) (bound string, stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("NOTIFYD_PPROF_ADDR %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	logger.Info("pprof listening", "addr", ln.Addr().String())
+	return ln.Addr().String(), func() { _ = srv.Close() }, nil
 }
