@@ -62,9 +62,21 @@ type Config struct {
 	SendTimeout time.Duration
 }
 
-// Limiter paces provider calls (see ratelimit.go).
+// Limiter paces provider calls and protects providers (see ratelimit.go;
+// PGLimiter is the implementation shared by all processes).
 type Limiter interface {
+	// Wait returns when n messages may go to channel's provider, within the
+	// broadcast's own rate when perBroadcast is set; broadcastID 0 is a
+	// transactional notification. It returns ErrProviderBlocked when the
+	// provider is blocked for longer than it sleeps.
 	Wait(ctx context.Context, channel string, n int, perBroadcast *float64, broadcastID int64) error
+	// MaxBatch is the most messages one provider request may carry.
+	MaxBatch(channel string) int
+	// Backoff slows the whole provider down for d (a 429 / Retry-After).
+	Backoff(ctx context.Context, channel string, d time.Duration) error
+	// RecordOutcome feeds the circuit breaker: ok when a batch was accepted,
+	// not ok when it failed transiently.
+	RecordOutcome(ctx context.Context, channel string, ok bool) error
 }
 
 // Queue is the River client with notifyd's workers.

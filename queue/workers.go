@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -42,15 +43,42 @@ func (w *deliverWorker) Timeout(*river.Job[DeliverArgs]) time.Duration {
 
 func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) error {
 	b := job.Args.DeliveryBatch
-	svc, log := w.q.svc, w.q.cfg.Logger
 	channel := w.q.cfg.Channels[b.Channel]
 	if channel == nil {
 		return fmt.Errorf("channel %q is not configured in this worker", b.Channel)
 	}
+	// With a limiter, a batch goes out in parts of at most MaxBatch messages,
+	// each paced, claimed, sent and recorded on its own (ratelimit.go).
+	parts, perBroadcast, err := deliveryParts(ctx, w.q.svc.Pool(), w.q.cfg.Limiter, b)
+	if err != nil {
+		return fmt.Errorf("plan batch: %w", err)
+	}
+	started := time.Now()
+	for i, part := range parts {
+		if i > 0 && time.Since(started) > w.q.cfg.SendTimeout {
+			// A long paced batch continues in a later run, well inside the job's
+			// timeout; what is left is still pending. Not an attempt.
+			return river.JobSnooze(time.Second)
+		}
+		if err := w.deliverPart(ctx, job, channel, part, perBroadcast); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *deliverWorker) deliverPart(ctx context.Context, job *river.Job[DeliverArgs], channel notifier.Channel, b notifier.DeliveryBatch, perBroadcast *float64) error {
+	svc, log, lim := w.q.svc, w.q.cfg.Logger, w.q.cfg.Limiter
 	// Pace before taking the send lock: a batch waiting for its turn must not
 	// hold up a cancel.
-	if w.q.cfg.Limiter != nil {
-		if err := w.q.cfg.Limiter.Wait(ctx, b.Channel, b.Count, nil, b.BroadcastID); err != nil {
+	if lim != nil {
+		if err := lim.Wait(ctx, b.Channel, b.Count, perBroadcast, b.BroadcastID); err != nil {
+			var blocked ErrProviderBlocked
+			if errors.As(err, &blocked) {
+				// The provider is backing off or its breaker is open: come back
+				// then. A snooze is not an attempt, so an outage fails nothing.
+				return river.JobSnooze(max(time.Until(blocked.Until), time.Second))
+			}
 			return err
 		}
 	}
@@ -87,6 +115,22 @@ func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) e
 	}
 	log.DebugContext(ctx, "batch delivered", "broadcast_id", b.BroadcastID, "notification_id", b.NotificationID,
 		"channel", b.Channel, "sent", sum.Sent, "failed", sum.Failed, "unknown", sum.Unknown, "retry", sum.Retry)
+	if lim != nil {
+		// Tell the limiter how the provider is doing; the results are already
+		// recorded, so a failure here is only logged.
+		var err error
+		switch {
+		case sum.RateLimited:
+			err = lim.Backoff(recordCtx, b.Channel, max(sum.RetryAfter, time.Second))
+		case sum.Sent > 0:
+			err = lim.RecordOutcome(recordCtx, b.Channel, true)
+		case sum.Retry > 0 || sum.Unknown > 0:
+			err = lim.RecordOutcome(recordCtx, b.Channel, false)
+		}
+		if err != nil {
+			log.WarnContext(ctx, "rate limiter update failed", "channel", b.Channel, "error", err)
+		}
+	}
 	if sum.Retry > 0 {
 		if sum.RateLimited {
 			// Not an attempt: the provider asked us to wait.
