@@ -476,15 +476,19 @@ type Delivery struct {
 	CreatedAt      time.Time  `json:"created_at"`
 	ClaimedAt      *time.Time `json:"claimed_at,omitempty"`
 	FinishedAt     *time.Time `json:"finished_at,omitempty"`
+	// Event is the provider's latest word after the send (SendGrid: delivered,
+	// bounce, dropped, spamreport, unsubscribe, group_unsubscribe), at EventAt.
+	Event   string     `json:"event,omitempty"`
+	EventAt *time.Time `json:"event_at,omitempty"`
 }
 
 const deliveryColumns = `id, broadcast_id, notification_id, recipient_id, channel, status, coalesce(reason, ''), coalesce(address, ''),
-	coalesce(provider_id, ''), attempts, coalesce(last_error, ''), created_at, claimed_at, finished_at`
+	coalesce(provider_id, ''), attempts, coalesce(last_error, ''), created_at, claimed_at, finished_at, coalesce(event, ''), event_at`
 
 func scanDelivery(row pgx.CollectableRow) (*Delivery, error) {
 	d := &Delivery{}
 	return d, row.Scan(&d.ID, &d.BroadcastID, &d.NotificationID, &d.RecipientID, &d.Channel, &d.Status, &d.Reason, &d.Address,
-		&d.ProviderID, &d.Attempts, &d.LastError, &d.CreatedAt, &d.ClaimedAt, &d.FinishedAt)
+		&d.ProviderID, &d.Attempts, &d.LastError, &d.CreatedAt, &d.ClaimedAt, &d.FinishedAt, &d.Event, &d.EventAt)
 }
 
 // DeliveryFilter selects a broadcast's deliveries.

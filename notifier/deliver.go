@@ -24,8 +24,10 @@ type Claim struct {
 
 // ClaimBatch moves the batch's pending deliveries to sending, right before the
 // provider call, and renders them. In the same statement it re-reads what must be
-// read live: the broadcast's status, the recipients' opt-outs and erasure; those
-// deliveries become suppressed instead. q must be the connection that holds the
+// read live: the broadcast's status, the recipients' opt-outs, erasure and the
+// suppression list of bounced and spam-reporting addresses; those deliveries
+// become suppressed instead. Emails of categories that can be opted out of get
+// their one-click List-Unsubscribe headers (see unsubscribe.go). q must be the connection that holds the
 // broadcast's send lock (see queue), so cancel cannot slip in between.
 func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim, error) {
 	owner, ownerID := "broadcast_id", b.BroadcastID
@@ -74,6 +76,8 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 				WHEN NOT EXISTS (SELECT 1 FROM recipients r WHERE r.id = d2.recipient_id AND NOT r.erased) THEN 'erased'
 				WHEN NOT $5 AND EXISTS (SELECT 1 FROM preferences p WHERE p.recipient_id = d2.recipient_id
 					AND p.categories -> $6 ->> d2.channel = 'false') THEN 'preference'
+				WHEN d2.channel = 'email' AND EXISTS (SELECT 1 FROM suppressed_addresses s
+					WHERE s.address_hash = `+addressHashSQL("d2.address")+`) THEN 'suppressed_address'
 				END AS reason
 			FROM deliveries d2
 			WHERE d2.`+owner+` = $1 AND d2.channel = $2 AND d2.id BETWEEN $3 AND $4 AND d2.status = 'pending'
@@ -131,6 +135,7 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 		}
 	}
 	var failed []SendResult
+	now := time.Now()
 	for _, c := range list {
 		m := Message{DeliveryID: c.id, BroadcastID: b.BroadcastID, NotificationID: b.NotificationID, RecipientID: c.recipient, Category: category}
 		person := people[c.recipient]
@@ -140,6 +145,9 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 		if err := cc.render(b.Channel, &TemplateData{Recipient: person}, &m); err != nil {
 			failed = append(failed, SendResult{DeliveryID: c.id, Err: &SendError{Class: Permanent, Reason: "template", Err: err}})
 			continue
+		}
+		if m.Email != nil {
+			m.Email.Headers = s.unsubscribeHeaders(c.recipient, category, now)
 		}
 		if m.Push != nil {
 			m.Push.Tokens = tokens[c.recipient]

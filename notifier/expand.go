@@ -216,7 +216,8 @@ func (s *Service) writeDeliveries(ctx context.Context, tx pgx.Tx, id int64, st *
 // suppressionSQL is the reason a delivery to recipient row r on channel
 // ch.channel must not be sent (NULL: send it): the same rules at expansion and in a
 // dry run. The arguments name SQL parameters: the cut-off, the category, and
-// whether the category is required (no opt-out).
+// whether the category is required (no opt-out). An address on the suppression
+// list (bounced, spam report) is suppressed whatever the category.
 func suppressionSQL(r, cutoff, category, required string) string {
 	return `CASE
 		WHEN ch.channel = 'email' AND ` + r + `.email IS NULL THEN 'no_address'
@@ -224,6 +225,8 @@ func suppressionSQL(r, cutoff, category, required string) string {
 			AND d.valid_from <= ` + cutoff + ` AND (d.valid_to IS NULL OR d.valid_to > ` + cutoff + `)) THEN 'no_device'
 		WHEN NOT ` + required + ` AND EXISTS (SELECT 1 FROM preferences p WHERE p.recipient_id = ` + r + `.id
 			AND p.categories -> ` + category + ` ->> ch.channel = 'false') THEN 'preference'
+		WHEN ch.channel = 'email' AND EXISTS (SELECT 1 FROM suppressed_addresses s
+			WHERE s.address_hash = ` + addressHashSQL(r+".email") + `) THEN 'suppressed_address'
 		END`
 }
 

@@ -241,9 +241,11 @@ func deref(s *string) string {
 }
 
 // DeleteRecipient erases a recipient's personal data, current and past: address,
-// locale, time zone, attributes, devices, preferences, inbox items and the
-// addresses kept on deliveries. The id stays as a
-// tombstone so the history reads "gone from this moment" and audiences skip it.
+// locale, time zone, attributes, devices, preferences, inbox items, the
+// addresses kept on deliveries and the details of their provider events. The id
+// stays as a tombstone so the history reads "gone from this moment" and
+// audiences skip it. The suppression list is kept: it holds only a hash of the
+// address, so an address that bounced or reported spam stays suppressed.
 func (s *Service) DeleteRecipient(ctx context.Context, id string) error {
 	return s.inTx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE recipients SET email = NULL, locale = NULL, timezone = NULL,
@@ -261,6 +263,8 @@ func (s *Service) DeleteRecipient(ctx context.Context, id string) error {
 			`DELETE FROM preference_history WHERE recipient_id = $1`,
 			`DELETE FROM inbox_items WHERE recipient_id = $1`,
 			`UPDATE deliveries SET address = NULL WHERE recipient_id = $1 AND address IS NOT NULL`,
+			`UPDATE delivery_events SET detail = NULL WHERE detail IS NOT NULL
+				AND delivery_id IN (SELECT id FROM deliveries WHERE recipient_id = $1)`,
 		} {
 			if _, err := tx.Exec(ctx, q, id); err != nil {
 				return err

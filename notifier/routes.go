@@ -18,6 +18,9 @@ type ServerOpts struct {
 	Ready func(ctx context.Context) error
 	// Metrics, when set, times every request and serves GET /metrics.
 	Metrics *telemetry.Metrics
+	// Admin, when set, is the admin web page (notifier/adminui), served at
+	// /admin/ beside the admin API under /admin/v1.
+	Admin http.Handler
 }
 
 // NewServer returns the whole HTTP API. Every route is listed here.
@@ -44,6 +47,11 @@ func NewServer(svc *Service, logger *slog.Logger, opts *ServerOpts) http.Handler
 
 	r.Get("/healthz", handleHealthz())
 	r.Get("/readyz", handleReadyz(opts.Ready, logger))
+
+	// End users and providers: no API key; the token and the signature are the auth.
+	r.Get("/unsubscribe/{token}", handleUnsubscribePage(svc, logger))
+	r.Post("/unsubscribe/{token}", handleUnsubscribe(svc, logger))
+	r.Post("/webhooks/sendgrid", handleSendGridWebhook(svc, logger))
 
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(requireScope(svc, ScopeSend))
@@ -78,5 +86,9 @@ func NewServer(svc *Service, logger *slog.Logger, opts *ServerOpts) http.Handler
 		r.Post("/broadcasts/{id}/resume", handleControlBroadcast(svc, logger, (*Service).ResumeBroadcast))
 		r.Get("/audit", handleListAudit(svc, logger))
 	})
+	if opts.Admin != nil {
+		r.Handle("/admin", opts.Admin)
+		r.Handle("/admin/*", opts.Admin)
+	}
 	return r
 }

@@ -69,6 +69,7 @@ type bcOptions struct {
 	cpuProfileDir string
 	pgStats       bool
 	keep          bool
+	waitIdle      time.Duration
 }
 
 func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (*bcOptions, error) {
@@ -87,6 +88,7 @@ func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&o.stall, "stall", 3*time.Minute, "give up when no delivery changes state for this long")
 	fs.StringVar(&o.cpuProfileDir, "cpuprofile", "", "write a CPU profile (and heap profiles at RSS peaks) of each notifyd process into this directory")
 	fs.BoolVar(&o.pgStats, "pg-stats", false, "load pg_stat_statements and print the statements that took the most time")
+	fs.DurationVar(&o.waitIdle, "wait-idle", 0, "before the broadcast, wait up to this long for the machine to be idle (other work under 0.2 cores for 10 s)")
 	fs.BoolVar(&o.keep, "keep", false, "leave the database (and the cluster, running) in place afterwards, for EXPLAIN and friends")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -197,7 +199,7 @@ func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
 		bcThousands(int64(o.recipients)), strings.Join(o.channels, ","), o.workers, runtime.NumCPU(), runtime.Version())
 
 	var err error
-	if b.workDir, err = os.MkdirTemp("", "notifyd-bench-run-"); err != nil {
+	if b.workDir, err = os.MkdirTemp("", "notifyd-bcrun-"); err != nil {
 		return nil, err
 	}
 	b.undo = append(b.undo, func() { os.RemoveAll(b.workDir) })
@@ -231,6 +233,11 @@ func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
 		}
 	}
 
+	if o.waitIdle > 0 {
+		if err := b.waitIdle(ctx, o.waitIdle); err != nil {
+			return rep, err
+		}
+	}
 	cpuBefore := b.sampleCPU()
 	if err := b.broadcast(ctx, rep); err != nil {
 		return rep, err
@@ -251,6 +258,39 @@ func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
 		}
 	}
 	return rep, nil
+}
+
+// waitIdle waits until the machine has been quiet for 10 s: benchmarks on a
+// shared machine measure the neighbours otherwise.
+func (b *bcBench) waitIdle(ctx context.Context, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	b.say("waiting up to %s for the machine to be idle ...", limit)
+	quietSince := time.Time{}
+	prev := b.sampleCPU()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		cur := b.sampleCPU()
+		busy := bcCPUBetween(prev, cur).machine
+		prev = cur
+		if busy < 0.2 {
+			if quietSince.IsZero() {
+				quietSince = time.Now()
+			}
+			if time.Since(quietSince) >= 10*time.Second {
+				return nil
+			}
+		} else {
+			quietSince = time.Time{}
+		}
+		if time.Now().After(deadline) {
+			b.say("the machine did not become idle within %s (busy %.2f cores); going ahead", limit, busy)
+			return nil
+		}
+	}
 }
 
 // Fakes.
@@ -445,6 +485,13 @@ func (b *bcBench) startDatabase(ctx context.Context) error {
 			os.RemoveAll(dir)
 			return fmt.Errorf("starting PostgreSQL: %w", err)
 		}
+		if o.pgStats {
+			// localpg's Restart does not come back (pg_ctl restart keeps its output
+			// pipe open), so: set the library, stop, and start the same directory again.
+			if cluster, err = bcPreloadStatements(ctx, cluster, dir); err != nil {
+				return err
+			}
+		}
 		b.cluster = cluster
 		b.undo = append(b.undo, func() {
 			if o.keep {
@@ -456,11 +503,6 @@ func (b *bcBench) startDatabase(ctx context.Context) error {
 			}
 		})
 		b.adminURL = cluster.URL("postgres")
-		if o.pgStats {
-			if err := bcPreloadStatements(ctx, cluster); err != nil {
-				return err
-			}
-		}
 	}
 
 	b.database = "notifyd_bench_" + bcRandomHex(6)
@@ -526,17 +568,25 @@ func (b *bcBench) startDatabase(ctx context.Context) error {
 }
 
 // bcPreloadStatements restarts the cluster with pg_stat_statements loaded.
-func bcPreloadStatements(ctx context.Context, cluster *localpg.Cluster) error {
+func bcPreloadStatements(ctx context.Context, cluster *localpg.Cluster, dir string) (*localpg.Cluster, error) {
 	conn, err := pgx.Connect(ctx, cluster.URL("postgres"))
 	if err != nil {
-		return err
+		return cluster, err
 	}
 	_, err = conn.Exec(ctx, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
 	conn.Close(ctx)
 	if err != nil {
-		return err
+		return cluster, err
 	}
-	return cluster.Restart(ctx, "fast")
+	if err := cluster.Stop(); err != nil {
+		return cluster, err
+	}
+	restarted, err := localpg.Start(ctx, dir, localpg.Options{Durable: true})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("restarting PostgreSQL with pg_stat_statements: %w", err)
+	}
+	return restarted, nil
 }
 
 // bcWithDatabase returns serverURL pointing at database name instead.
@@ -628,6 +678,7 @@ func (b *bcBench) startChildren(ctx context.Context) error {
 		}
 	}
 	base := bcChildBaseEnv()
+	secret := bcRandomHex(24)
 	for i := range o.workers {
 		role := "worker"
 		addr := "127.0.0.1:0"
@@ -653,6 +704,9 @@ func (b *bcBench) startChildren(ctx context.Context) error {
 			"NOTIFYD_EMAIL_RATE=1000000",
 			"NOTIFYD_PUSH_RATE=1000000",
 			"NOTIFYD_LOG_FORMAT=json",
+			// Every email carries a signed one-click unsubscribe link.
+			"NOTIFYD_SECRET="+secret,
+			"NOTIFYD_PUBLIC_URL="+b.apiBase,
 		)
 		args := []string{"serve"}
 		if o.cpuProfileDir != "" {
@@ -1014,6 +1068,9 @@ type bcChannelResult struct {
 	deliveries, sent    int64
 	byStatus            map[string]int64
 	firstClaim, lastEnd time.Time
+	// sent after the expansion finished: the delivery rate no longer capped by
+	// how fast deliveries are written
+	sentAfterExpansion int64
 	// what the provider (fake) or the inbox table received
 	received, distinct, dups int64
 	dupKeys                  []string
@@ -1104,6 +1161,28 @@ func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return err
+	}
+	if !rep.expandedAt.IsZero() {
+		rows, err := b.pool.Query(ctx, `SELECT channel, count(*) FROM deliveries
+			WHERE broadcast_id = $1 AND status = 'sent' AND finished_at > $2 GROUP BY channel`, rep.broadcastID, rep.expandedAt)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var ch string
+			var n int64
+			if err := rows.Scan(&ch, &n); err != nil {
+				rows.Close()
+				return err
+			}
+			if c := byChannel[ch]; c != nil {
+				c.sentAfterExpansion = n
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
 	}
 	for _, ch := range rep.channels {
 		c := byChannel[ch]
@@ -1263,6 +1342,11 @@ func (b *bcBench) printReport(r *bcReport) {
 			fmt.Fprintf(tw, "\tfirst claim %s after create, last finish %s after create\n",
 				bcSeconds(c.firstClaim.Sub(r.createdAt)), bcSeconds(c.lastEnd.Sub(r.createdAt)))
 		}
+		if !r.expandedAt.IsZero() && c.lastEnd.After(r.expandedAt) {
+			drain := c.lastEnd.Sub(r.expandedAt)
+			fmt.Fprintf(tw, "\tafter the expansion ended: %s sent in %s, %s msgs/s (the backlog drain, not capped by expansion)\n",
+				bcThousands(c.sentAfterExpansion), bcSeconds(drain), bcThousands(int64(bcDiv(float64(c.sentAfterExpansion), drain.Seconds()))))
+		}
 	}
 	if r.audience > 0 && r.expansionSeconds() > 0 {
 		fmt.Fprintf(tw, "expansion\t%s recipients/s (created_at -> expanded_at, both transaction times)\n",
@@ -1273,6 +1357,7 @@ func (b *bcBench) printReport(r *bcReport) {
 			bcMillis(r.pollTotal/time.Duration(r.polls)), bcMillis(r.pollMax))
 	}
 	fmt.Fprintf(tw, "CPU\tcores used from POST to completed: %s\n", r.cpu)
+	fmt.Fprintf(tw, "\tCPU time per delivery: %s\n", r.cpu.perDelivery(r.deliveries))
 	tw.Flush()
 
 	for _, c := range r.perChannel {
@@ -1290,6 +1375,9 @@ func (b *bcBench) printReport(r *bcReport) {
 			fmt.Fprintln(tw, l)
 		}
 		tw.Flush()
+	}
+	if r.cpu.pgOK && r.cpu.other() > 0.25 {
+		fmt.Fprintf(out, "\nWARNING: other processes used %.2f cores during the run: the machine was not quiet, the figures are low\n", r.cpu.other())
 	}
 	for _, p := range r.problems {
 		fmt.Fprintf(out, "\n!!! ERROR: %s\n", p)
@@ -1318,6 +1406,38 @@ type bcCPUUse struct {
 	self         float64
 	machine      float64 // busy cores
 	machineCores int
+	wall         time.Duration
+}
+
+// perDelivery renders the CPU time each part spent per delivery: unlike the
+// rates, it hardly depends on what else the machine is doing.
+func (u bcCPUUse) perDelivery(deliveries int64) string {
+	if deliveries <= 0 || u.wall <= 0 {
+		return "n/a"
+	}
+	us := func(cores float64) string {
+		return strconv.FormatFloat(cores*u.wall.Seconds()*1e6/float64(deliveries), 'f', 0, 64) + " µs"
+	}
+	var notifyd float64
+	for _, c := range u.children {
+		notifyd += c
+	}
+	parts := []string{"notifyd " + us(notifyd)}
+	if u.pgOK {
+		parts = append(parts, "postgres "+us(u.postgres))
+	}
+	parts = append(parts, "bench+fakes "+us(u.self))
+	return strings.Join(parts, ", ")
+}
+
+// other is what processes outside this bench used: a busy machine makes the
+// figures say less.
+func (u bcCPUUse) other() float64 {
+	sum := u.postgres + u.self
+	for _, c := range u.children {
+		sum += c
+	}
+	return max(0, u.machine-sum)
 }
 
 func (u bcCPUUse) String() string {
@@ -1331,6 +1451,9 @@ func (u bcCPUUse) String() string {
 		parts = append(parts, "postgres n/a")
 	}
 	parts = append(parts, fmt.Sprintf("bench+fakes %.2f", u.self))
+	if u.pgOK {
+		parts = append(parts, fmt.Sprintf("other processes %.2f", u.other()))
+	}
 	parts = append(parts, fmt.Sprintf("machine busy %.2f of %d", u.machine, u.machineCores))
 	return strings.Join(parts, ", ")
 }
@@ -1354,7 +1477,7 @@ func (b *bcBench) sampleCPU() bcCPUSample {
 
 func bcCPUBetween(a, b bcCPUSample) bcCPUUse {
 	wall := b.at.Sub(a.at).Seconds()
-	u := bcCPUUse{pgOK: a.pgOK && b.pgOK, machineCores: runtime.NumCPU()}
+	u := bcCPUUse{pgOK: a.pgOK && b.pgOK, machineCores: runtime.NumCPU(), wall: b.at.Sub(a.at)}
 	for i := range min(len(a.children), len(b.children)) {
 		u.children = append(u.children, (b.children[i]-a.children[i]).Seconds()/wall)
 	}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/notifyd/notifyd/notifier"
 )
 
 // config is every setting of notifyd. Each flag also reads an environment
@@ -133,19 +135,20 @@ func (c *config) validateLinks() error {
 	if c.SendGridAPIKey == "" {
 		return nil
 	}
-	var missing []string
-	if c.Secret == "" {
-		missing = append(missing, "NOTIFYD_SECRET")
-	}
-	if c.PublicURL == "" {
-		missing = append(missing, "NOTIFYD_PUBLIC_URL")
-	}
-	if len(missing) == 0 {
+	var missing string
+	switch {
+	case c.Secret == "" && c.PublicURL == "":
+		missing = "NOTIFYD_SECRET and NOTIFYD_PUBLIC_URL are"
+	case c.Secret == "":
+		missing = "NOTIFYD_SECRET is"
+	case c.PublicURL == "":
+		missing = "NOTIFYD_PUBLIC_URL is"
+	default:
 		return nil
 	}
 	return fmt.Errorf("%s required with the email channel (NOTIFYD_SENDGRID_API_KEY is set): every email carries a one-click unsubscribe link "+
-		"signed with NOTIFYD_SECRET (%d or more random characters) and pointing at NOTIFYD_PUBLIC_URL (e.g. https://notify.example.com)",
-		strings.Join(missing, " and ")+map[bool]string{true: " is", false: " are"}[len(missing) == 1], minSecretLen)
+		"signed with NOTIFYD_SECRET (%d or more random characters) that points at NOTIFYD_PUBLIC_URL (e.g. https://notify.example.com)",
+		missing, minSecretLen)
 }
 
 // linkOpts sets the ServiceOpts of unsubscribe links and of the SendGrid webhook.

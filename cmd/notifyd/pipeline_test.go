@@ -50,6 +50,8 @@ func startE2E(t *testing.T, extraEnv map[string]string) *e2e {
 		"NOTIFYD_FCM_ENDPOINT":      fcmServer.URL + "/v1",
 		"NOTIFYD_EMAIL_RATE":        "100000",
 		"NOTIFYD_PUSH_RATE":         "100000",
+		"NOTIFYD_SECRET":            "e2e-secret-that-is-long-enough-0123456789",
+		"NOTIFYD_PUBLIC_URL":        "https://notify.example.test",
 	}
 	for k, v := range extraEnv {
 		env[k] = v

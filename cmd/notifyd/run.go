@@ -28,6 +28,8 @@ Usage:
   notifyd dev                             zero-configuration local setup
   notifyd bench-import [--recipients N]   benchmark recipient import and segment counts
   notifyd bench [--recipients N] ...      benchmark a broadcast end to end
+  notifyd chaos [--recipients N] [--duration D] [--short]
+                                          kill workers, restart PostgreSQL, fail providers mid-broadcast; check the invariants
   notifyd version
   notifyd help [command]
 
@@ -60,6 +62,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runBench(ctx, rest, getenv, stdout, stderr)
 	case "bench-import":
 		return runBenchImport(ctx, rest, getenv, stdout, stderr)
+	case "chaos":
+		return runChaos(ctx, rest, getenv, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "notifyd", version)
 		return nil

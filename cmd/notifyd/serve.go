@@ -65,7 +65,9 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 		defer ln.Close()
 	}
 	metrics := telemetry.New(pool, logger)
-	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers}
+	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers,
+		// One bucket per provider in Postgres, shared by every worker process.
+		Limiter: queue.NewPGLimiter(pool, map[string]float64{notifier.ChannelEmail: c.EmailRate, notifier.ChannelPush: c.PushRate})}
 	if runWorkers {
 		channels, err := buildChannels(ctx, c, pool, logger, metrics)
 		if err != nil {
