@@ -394,3 +394,14 @@ func handleSendGridWebhook(svc *Service, logger *slog.Logger) http.HandlerFunc {
 		encode(w, http.StatusOK, res)
 	}
 }
+
+// DeleteOldDeliveryEvents deletes provider events received more than olderThan
+// ago. SendGrid retries a webhook for at most three days and notifyd refuses
+// signatures older than ten minutes, so a retention of days keeps replays out.
+func (s *Service) DeleteOldDeliveryEvents(ctx context.Context, olderThan time.Duration) (int64, error) {
+	if olderThan <= 0 {
+		return 0, Invalid(map[string]string{"retention": "must be positive"})
+	}
+	tag, err := s.pool.Exec(ctx, `DELETE FROM delivery_events WHERE received_at < now() - $1::interval`, olderThan)
+	return tag.RowsAffected(), err
+}

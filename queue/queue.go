@@ -57,6 +57,10 @@ type Config struct {
 	Workers bool
 	// BulkWorkers and TransactionalWorkers size the delivery queues.
 	BulkWorkers, TransactionalWorkers int
+	// InboxRetention deletes inbox items older than this (0: keep them).
+	InboxRetention time.Duration
+	// EventRetention deletes provider webhook events older than this (0: keep them).
+	EventRetention time.Duration
 	// SendTimeout bounds one provider call; claims older than twice this with no
 	// record are swept to unknown.
 	SendTimeout time.Duration

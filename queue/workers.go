@@ -159,5 +159,19 @@ func (w *maintenanceWorker) Work(ctx context.Context, job *river.Job[Maintenance
 	if _, err := svc.DeleteExpiredIdempotencyKeys(ctx); err != nil {
 		return err
 	}
+	if w.q.cfg.InboxRetention > 0 {
+		deleted, err := svc.DeleteOldInboxItems(ctx, w.q.cfg.InboxRetention)
+		if err != nil {
+			return err
+		}
+		if deleted > 0 {
+			log.InfoContext(ctx, "old inbox items deleted", "count", deleted, "retention", w.q.cfg.InboxRetention)
+		}
+	}
+	if w.q.cfg.EventRetention > 0 {
+		if _, err := svc.DeleteOldDeliveryEvents(ctx, w.q.cfg.EventRetention); err != nil {
+			return err
+		}
+	}
 	return nil
 }

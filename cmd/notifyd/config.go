@@ -36,6 +36,8 @@ type config struct {
 	LogFormat          string
 	BulkWorkers        int
 	PprofAddr          string
+	InboxRetention     time.Duration
+	EventRetention     time.Duration
 	ShutdownTimeout    time.Duration
 }
 
@@ -81,6 +83,14 @@ func bindConfig(fs *flag.FlagSet, getenv func(string) string, c *config) {
 		workers = v
 	}
 	fs.IntVar(&c.BulkWorkers, "bulk-workers", workers, "broadcast delivery batches worked at once per process (NOTIFYD_BULK_WORKERS)")
+	durFlag := func(p *time.Duration, name, env string, def time.Duration, usage string) {
+		if v, err := time.ParseDuration(getenv(env)); err == nil {
+			def = v
+		}
+		fs.DurationVar(p, name, def, usage+" ("+env+")")
+	}
+	durFlag(&c.InboxRetention, "inbox-retention", "NOTIFYD_INBOX_RETENTION", 90*24*time.Hour, "delete inbox items older than this; 0 keeps them")
+	durFlag(&c.EventRetention, "event-retention", "NOTIFYD_EVENT_RETENTION", 30*24*time.Hour, "delete provider webhook events older than this; 0 keeps them")
 	dur := 30 * time.Second
 	if v, err := time.ParseDuration(getenv("NOTIFYD_SHUTDOWN_TIMEOUT")); err == nil {
 		dur = v
@@ -115,6 +125,9 @@ func (c *config) validate() error {
 		if _, err := notifier.ParseSendGridWebhookKey(c.SendGridWebhookKey); err != nil {
 			errs = append(errs, fmt.Errorf("NOTIFYD_SENDGRID_WEBHOOK_KEY must be the base64 ECDSA public key SendGrid shows for the signed event webhook: %v", err))
 		}
+	}
+	if c.InboxRetention < 0 || c.EventRetention < 0 {
+		errs = append(errs, errors.New("NOTIFYD_INBOX_RETENTION and NOTIFYD_EVENT_RETENTION must be 0 (keep) or a positive duration"))
 	}
 	if c.BulkWorkers < 1 || c.BulkWorkers > 1000 {
 		errs = append(errs, fmt.Errorf("NOTIFYD_BULK_WORKERS must be 1 to 1000, not %d", c.BulkWorkers))

@@ -66,6 +66,7 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 	}
 	metrics := telemetry.New(pool, logger)
 	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers,
+		InboxRetention: c.InboxRetention, EventRetention: c.EventRetention,
 		// One bucket per provider in Postgres, shared by every worker process.
 		Limiter: queue.NewPGLimiter(pool, map[string]float64{notifier.ChannelEmail: c.EmailRate, notifier.ChannelPush: c.PushRate})}
 	if runWorkers {
