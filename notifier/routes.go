@@ -34,6 +34,7 @@ func NewServer(svc *Service, logger *slog.Logger, opts *ServerOpts) http.Handler
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID)
 	r.Use(middleware.Recoverer)
+	r.Use(telemetry.AccessLog(logger))
 	if opts.Metrics != nil {
 		r.Use(opts.Metrics.Middleware)
 		r.Method(http.MethodGet, "/metrics", opts.Metrics.Handler())

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os/signal"
 	"syscall"
+
+	"github.com/notifyd/notifyd/notifier/telemetry"
 )
 
 const version = "0.1.0"
@@ -99,11 +101,14 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	return c, fs, nil
 }
 
+// newLogger writes structured logs (JSON in serve, text in dev), each line
+// carrying the request id of the request it belongs to.
 func newLogger(format string, w io.Writer) *slog.Logger {
+	var h slog.Handler = slog.NewJSONHandler(w, nil)
 	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, nil))
+		h = slog.NewTextHandler(w, nil)
 	}
-	return slog.New(slog.NewJSONHandler(w, nil))
+	return slog.New(telemetry.ContextHandler{Handler: h})
 }
 
 func flagSet(fs interface{ Visit(func(*flag.Flag)) }, name string) bool {

@@ -141,6 +141,25 @@ func TestMigrateAPIKeyServeAndDrain(t *testing.T) {
 		t.Fatalf("revoked key = %d, want 401", resp.StatusCode)
 	}
 
+	// Structured access logs: JSON, with the request id and the route pattern,
+	// never the address from the body.
+	var logged bool
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		var entry map[string]any
+		if json.Unmarshal([]byte(line), &entry) != nil || entry["msg"] != "http request" {
+			continue
+		}
+		if entry["route"] == "/v1/recipients/{id}" && entry["request_id"] != nil && entry["status"] == float64(201) {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Fatalf("no JSON access log line with request_id for PUT /v1/recipients/{id}:\n%s", stderr.String())
+	}
+	if strings.Contains(stderr.String(), "ada@example.com") {
+		t.Fatal("an email address reached the logs")
+	}
+
 	cancel() // what SIGTERM does through signal.NotifyContext
 	select {
 	case err := <-done:
