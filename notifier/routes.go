@@ -7,6 +7,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/notifyd/notifyd/notifier/telemetry"
 )
@@ -21,6 +22,9 @@ type ServerOpts struct {
 	// Admin, when set, is the admin web page (notifier/adminui), served at
 	// /admin/ beside the admin API under /admin/v1.
 	Admin http.Handler
+	// TracerProvider, when set and not the no-op one, starts a span per request
+	// (telemetry/tracing.go); its context flows into the jobs the request enqueues.
+	TracerProvider trace.TracerProvider
 }
 
 // NewServer returns the whole HTTP API. Every route is listed here.
@@ -33,6 +37,7 @@ func NewServer(svc *Service, logger *slog.Logger, opts *ServerOpts) http.Handler
 	}
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID)
+	r.Use(telemetry.TraceMiddleware(opts.TracerProvider))
 	r.Use(middleware.Recoverer)
 	r.Use(telemetry.AccessLog(logger))
 	if opts.Metrics != nil {

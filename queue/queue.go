@@ -14,8 +14,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/notifyd/notifyd/notifier"
+	"github.com/notifyd/notifyd/notifier/telemetry"
 )
 
 // Queue names. Notifications have their own queue and workers, so a broadcast
@@ -64,6 +68,9 @@ type Config struct {
 	// SendTimeout bounds one provider call; claims older than twice this with no
 	// record are swept to unknown.
 	SendTimeout time.Duration
+	// TracerProvider traces the expand and deliver jobs, as children of the
+	// span that enqueued them (telemetry/tracing.go); nil or no-op: no spans.
+	TracerProvider trace.TracerProvider
 }
 
 // Limiter paces provider calls and protects providers (see ratelimit.go;
@@ -90,6 +97,8 @@ type Queue struct {
 	// svc is set by Start: the service enqueues through the Queue, and the
 	// workers act through the service.
 	svc *notifier.Service
+	// tracer is nil when tracing is off.
+	tracer trace.Tracer
 }
 
 var _ notifier.Enqueuer = (*Queue)(nil)
@@ -108,7 +117,7 @@ func New(cfg Config) (*Queue, error) {
 	if cfg.TransactionalWorkers == 0 {
 		cfg.TransactionalWorkers = 8
 	}
-	q := &Queue{cfg: cfg}
+	q := &Queue{cfg: cfg, tracer: telemetry.Tracer(cfg.TracerProvider)}
 	riverCfg := &river.Config{
 		Logger:      cfg.Logger,
 		MaxAttempts: 12,
@@ -166,15 +175,26 @@ func (q *Queue) Stop(ctx context.Context) error {
 // Client exposes the River client (tests, tools).
 func (q *Queue) Client() *river.Client[pgx.Tx] { return q.client }
 
-// EnqueueExpandTx implements notifier.Enqueuer.
-func (q *Queue) EnqueueExpandTx(ctx context.Context, tx pgx.Tx, broadcastID int64, at time.Time) error {
-	opts := &river.InsertOpts{Queue: QueueExpand}
+// EnqueueExpandTx implements notifier.Enqueuer. With tracing, the expansion
+// becomes a child of an enqueue span under the caller's (the create or resume
+// request's) span.
+func (q *Queue) EnqueueExpandTx(ctx context.Context, tx pgx.Tx, broadcastID int64, at time.Time) (err error) {
+	parent := trace.SpanFromContext(ctx)
+	ctx, span := telemetry.StartSpan(ctx, "notifyd.enqueue_expand", trace.SpanKindProducer)
+	defer func() { telemetry.EndSpan(span, err) }()
+	if span.IsRecording() {
+		attr := attribute.Int64("broadcast_id", broadcastID)
+		span.SetAttributes(attr, attribute.String("messaging.destination.name", QueueExpand))
+		// The request's own span (POST /v1/broadcasts) names its broadcast too.
+		parent.SetAttributes(attr)
+	}
+	opts := &river.InsertOpts{Queue: QueueExpand, Metadata: telemetry.InjectTraceMetadata(ctx)}
 	// Only a future time goes to River: any ScheduledAt makes the job wait for
 	// River's scheduler (seconds) even when it is already due.
 	if at.After(time.Now()) {
 		opts.ScheduledAt = at
 	}
-	_, err := q.client.InsertTx(ctx, tx, ExpandArgs{BroadcastID: broadcastID}, opts)
+	_, err = q.client.InsertTx(ctx, tx, ExpandArgs{BroadcastID: broadcastID}, opts)
 	return err
 }
 
@@ -184,6 +204,8 @@ func (q *Queue) EnqueueDeliveriesTx(ctx context.Context, tx pgx.Tx, batches []no
 	if transactional {
 		opts = &river.InsertOpts{Queue: QueueTransactional, Priority: 1}
 	}
+	// The deliveries are children of the expansion (or the notification's request).
+	opts.Metadata = telemetry.InjectTraceMetadata(ctx)
 	params := make([]river.InsertManyParams, len(batches))
 	for i, b := range batches {
 		params[i] = river.InsertManyParams{Args: DeliverArgs{DeliveryBatch: b}, InsertOpts: opts}
@@ -192,4 +214,34 @@ func (q *Queue) EnqueueDeliveriesTx(ctx context.Context, tx pgx.Tx, batches []no
 		return fmt.Errorf("enqueue deliveries: %w", err)
 	}
 	return nil
+}
+
+// startJobSpan starts a consumer span for job, a child of the span that inserted
+// it (the trace context travels in the job's metadata). With tracing off it
+// starts nothing and returns ctx's (no-op) span.
+func (q *Queue) startJobSpan(ctx context.Context, name string, job *rivertype.JobRow) (context.Context, trace.Span) {
+	if q.tracer == nil {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	ctx = telemetry.ExtractTraceMetadata(ctx, job.Metadata)
+	return q.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+		attribute.String("messaging.system", "river"),
+		attribute.String("messaging.destination.name", job.Queue),
+		attribute.Int64("messaging.message.id", job.ID),
+		attribute.Int("river.attempt", job.Attempt),
+	))
+}
+
+// endJobSpan ends a job's span; a snooze is an event, not an error.
+func endJobSpan(span trace.Span, err error) {
+	if err == nil || !span.IsRecording() {
+		span.End()
+		return
+	}
+	var snooze *rivertype.JobSnoozeError
+	if errors.As(err, &snooze) {
+		span.AddEvent("snoozed", trace.WithAttributes(attribute.String("for", snooze.Duration.String())))
+		err = nil
+	}
+	telemetry.EndSpan(span, err)
 }

@@ -7,8 +7,11 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/notifyd/notifyd/notifier"
+	"github.com/notifyd/notifyd/notifier/telemetry"
 )
 
 // expandWorker expands a broadcast a slice at a time; a long audience continues
@@ -18,14 +21,24 @@ type expandWorker struct {
 	q *Queue
 }
 
-func (w *expandWorker) Work(ctx context.Context, job *river.Job[ExpandArgs]) error {
+func (w *expandWorker) Work(ctx context.Context, job *river.Job[ExpandArgs]) (err error) {
+	// The delivery jobs written during expansion, and the follow-up expansion,
+	// carry this span as their parent.
+	ctx, span := w.q.startJobSpan(ctx, "notifyd.expand", job.JobRow)
+	defer func() { endJobSpan(span, err) }()
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int64("broadcast_id", job.Args.BroadcastID))
+	}
 	res, err := w.q.svc.ExpandBroadcast(ctx, job.Args.BroadcastID, 20*time.Second)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("recipients", res.Recipients), attribute.Bool("done", res.Done))
+	}
 	if err != nil {
 		return fmt.Errorf("expand broadcast %d: %w", job.Args.BroadcastID, err)
 	}
 	w.q.cfg.Logger.InfoContext(ctx, "expanded", "broadcast_id", job.Args.BroadcastID, "recipients", res.Recipients, "done", res.Done)
 	if !res.Done {
-		_, err := w.q.client.Insert(ctx, job.Args, &river.InsertOpts{Queue: QueueExpand})
+		_, err := w.q.client.Insert(ctx, job.Args, &river.InsertOpts{Queue: QueueExpand, Metadata: telemetry.InjectTraceMetadata(ctx)})
 		return err
 	}
 	return nil
@@ -41,8 +54,19 @@ func (w *deliverWorker) Timeout(*river.Job[DeliverArgs]) time.Duration {
 	return 2*w.q.cfg.SendTimeout + time.Minute
 }
 
-func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) error {
+func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) (err error) {
 	b := job.Args.DeliveryBatch
+	ctx, span := w.q.startJobSpan(ctx, "notifyd.deliver", job.JobRow)
+	var total notifier.RecordSummary // over the slices, for the span
+	if span.IsRecording() {
+		span.SetAttributes(batchAttributes(b)...)
+	}
+	defer func() {
+		if span.IsRecording() {
+			span.SetAttributes(summaryAttributes(total)...)
+		}
+		endJobSpan(span, err)
+	}()
 	channel := w.q.cfg.Channels[b.Channel]
 	if channel == nil {
 		return fmt.Errorf("channel %q is not configured in this worker", b.Channel)
@@ -60,46 +84,96 @@ func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) e
 			// timeout; what is left is still pending. Not an attempt.
 			return river.JobSnooze(time.Second)
 		}
-		if err := w.deliverPart(ctx, job, channel, part, perBroadcast); err != nil {
+		partCtx, slice := ctx, trace.Span(nil)
+		if len(parts) > 1 && span.IsRecording() {
+			// A paced batch goes out in slices: one span each.
+			partCtx, slice = telemetry.StartSpan(ctx, "notifyd.deliver.slice", trace.SpanKindInternal)
+			slice.SetAttributes(batchAttributes(part)...)
+		}
+		sum, err := w.deliverPart(partCtx, job, channel, part, perBroadcast)
+		total.Sent += sum.Sent
+		total.Failed += sum.Failed
+		total.Unknown += sum.Unknown
+		total.Retry += sum.Retry
+		if slice != nil {
+			slice.SetAttributes(summaryAttributes(sum)...)
+			endJobSpan(slice, err)
+		}
+		if err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (w *deliverWorker) deliverPart(ctx context.Context, job *river.Job[DeliverArgs], channel notifier.Channel, b notifier.DeliveryBatch, perBroadcast *float64) error {
+// batchAttributes and summaryAttributes describe a delivery slice on its span.
+func batchAttributes(b notifier.DeliveryBatch) []attribute.KeyValue {
+	attrs := []attribute.KeyValue{attribute.String("channel", b.Channel), attribute.Int("count", b.Count),
+		attribute.Int64("first_id", b.FirstID), attribute.Int64("last_id", b.LastID)}
+	if b.BroadcastID != 0 {
+		attrs = append(attrs, attribute.Int64("broadcast_id", b.BroadcastID))
+	}
+	if b.NotificationID != 0 {
+		attrs = append(attrs, attribute.Int64("notification_id", b.NotificationID))
+	}
+	return attrs
+}
+
+func summaryAttributes(sum notifier.RecordSummary) []attribute.KeyValue {
+	return []attribute.KeyValue{attribute.Int("sent", sum.Sent), attribute.Int("failed", sum.Failed),
+		attribute.Int("unknown", sum.Unknown), attribute.Int("retry", sum.Retry)}
+}
+
+// deliverPart paces, claims, sends and records one slice; the summary counts
+// what was recorded (zero when nothing was sent).
+func (w *deliverWorker) deliverPart(ctx context.Context, job *river.Job[DeliverArgs], channel notifier.Channel, b notifier.DeliveryBatch, perBroadcast *float64) (notifier.RecordSummary, error) {
+	var none notifier.RecordSummary
 	svc, log, lim := w.q.svc, w.q.cfg.Logger, w.q.cfg.Limiter
 	// Pace before taking the send lock: a batch waiting for its turn must not
 	// hold up a cancel.
 	if lim != nil {
-		if err := lim.Wait(ctx, b.Channel, b.Count, perBroadcast, b.BroadcastID); err != nil {
-			var blocked ErrProviderBlocked
-			if errors.As(err, &blocked) {
-				// The provider is backing off or its breaker is open: come back
-				// then. A snooze is not an attempt, so an outage fails nothing.
-				return river.JobSnooze(max(time.Until(blocked.Until), time.Second))
-			}
-			return err
+		waitCtx, waitSpan := telemetry.StartSpan(ctx, "notifyd.ratelimit.wait", trace.SpanKindInternal)
+		if waitSpan.IsRecording() {
+			waitSpan.SetAttributes(attribute.String("channel", b.Channel), attribute.Int("count", b.Count))
+		}
+		err := lim.Wait(waitCtx, b.Channel, b.Count, perBroadcast, b.BroadcastID)
+		var blocked ErrProviderBlocked
+		if errors.As(err, &blocked) {
+			// The provider is backing off or its breaker is open: come back
+			// then. A snooze is not an attempt, so an outage fails nothing.
+			err = river.JobSnooze(max(time.Until(blocked.Until), time.Second))
+		}
+		endJobSpan(waitSpan, err)
+		if err != nil {
+			return none, err
 		}
 	}
 	var conn notifier.DB = svc.Pool()
 	if b.BroadcastID != 0 {
 		lock, err := svc.AcquireSendLock(ctx, b.BroadcastID)
 		if err != nil {
-			return err
+			return none, err
 		}
 		defer lock.Release(ctx)
 		conn = lock.Conn
 	}
 	claim, err := svc.ClaimBatch(ctx, conn, b)
 	if err != nil {
-		return fmt.Errorf("claim: %w", err)
+		return none, fmt.Errorf("claim: %w", err)
+	}
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(attribute.Int("claimed", len(claim.Messages)), attribute.Bool("stopped", claim.Stopped))
 	}
 	if claim.Stopped || len(claim.Messages) == 0 {
-		return svc.FinishBatch(ctx, conn, b)
+		return none, svc.FinishBatch(ctx, conn, b)
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, w.q.cfg.SendTimeout)
+	sendCtx, sendSpan := telemetry.StartSpan(sendCtx, "notifyd.send", trace.SpanKindInternal)
+	if sendSpan.IsRecording() {
+		sendSpan.SetAttributes(attribute.String("channel", b.Channel), attribute.Int("messages", len(claim.Messages)))
+	}
 	results := channel.Send(sendCtx, claim.Messages)
+	sendSpan.End()
 	cancel()
 	// Record even if the job's context ended (shutdown): what the provider said
 	// must not be lost.
@@ -108,10 +182,10 @@ func (w *deliverWorker) deliverPart(ctx context.Context, job *river.Job[DeliverA
 	final := job.Attempt >= job.MaxAttempts
 	sum, err := svc.RecordResults(recordCtx, conn, results, notifier.RecordOpts{FinalAttempt: final, Attempts: job.Attempt})
 	if err != nil {
-		return err
+		return none, err
 	}
 	if err := svc.FinishBatch(recordCtx, conn, b); err != nil {
-		return err
+		return sum, err
 	}
 	log.DebugContext(ctx, "batch delivered", "broadcast_id", b.BroadcastID, "notification_id", b.NotificationID,
 		"channel", b.Channel, "sent", sum.Sent, "failed", sum.Failed, "unknown", sum.Unknown, "retry", sum.Retry)
@@ -134,11 +208,11 @@ func (w *deliverWorker) deliverPart(ctx context.Context, job *river.Job[DeliverA
 	if sum.Retry > 0 {
 		if sum.RateLimited {
 			// Not an attempt: the provider asked us to wait.
-			return river.JobSnooze(max(sum.RetryAfter, time.Second))
+			return sum, river.JobSnooze(max(sum.RetryAfter, time.Second))
 		}
-		return fmt.Errorf("%d deliveries to retry: %w", sum.Retry, sum.LastError)
+		return sum, fmt.Errorf("%d deliveries to retry: %w", sum.Retry, sum.LastError)
 	}
-	return nil
+	return sum, nil
 }
 
 // maintenanceWorker sweeps interrupted claims and expired idempotency keys.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/notifyd/notifyd/channels/email"
 	"github.com/notifyd/notifyd/channels/inbox"
@@ -36,17 +38,54 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	logger := newLogger(c.LogFormat, stderr)
+	tracing, stopTracing, err := startTracing(ctx, getenv, logger)
+	if err != nil {
+		return err
+	}
+	// Deferred first, so it runs last: spans are flushed after the drain.
+	defer stopTracing()
 	pool, err := openMigratedDB(ctx, c.DatabaseURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	return serve(ctx, c, pool, logger, nil)
+	return serve(ctx, c, pool, logger, &serveHooks{tracing: tracing})
 }
 
-// serveHooks lets dev and tests learn the bound address.
+// serveHooks lets dev and tests learn the bound address, and brings the tracer
+// provider.
 type serveHooks struct {
 	listening func(addr string)
+	// tracing traces requests, jobs and provider calls; nil: off.
+	tracing trace.TracerProvider
+}
+
+// startTracing sets up OpenTelemetry tracing when OTEL_EXPORTER_OTLP_ENDPOINT
+// (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; otherwise it returns the
+// no-op provider, creates no exporter and sets nothing. When tracing is on, the
+// SDK's export errors go to the log: otel.SetErrorHandler is the one piece of
+// global OpenTelemetry state notifyd sets, and only then. The provider itself
+// is passed explicitly, never installed globally. stop flushes and ends it.
+func startTracing(ctx context.Context, getenv func(string) string, logger *slog.Logger) (trace.TracerProvider, func(), error) {
+	tp, shutdown, err := telemetry.NewTracerProvider(ctx, getenv, version)
+	if err != nil {
+		return nil, nil, err
+	}
+	endpoint := telemetry.TracingEndpoint(getenv)
+	if endpoint == "" {
+		return tp, func() {}, nil
+	}
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		logger.Warn("tracing: opentelemetry error (spans may be lost)", "error", err)
+	}))
+	logger.Info("tracing on", "otlp_endpoint", redactURL(endpoint))
+	return tp, func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := shutdown(ctx); err != nil {
+			logger.Warn("tracing: flushing spans at shutdown failed", "error", err)
+		}
+	}, nil
 }
 
 // serve runs the API and/or workers until ctx ends, then drains: the HTTP server
@@ -55,6 +94,10 @@ type serveHooks struct {
 func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, hooks *serveHooks) error {
 	runAPI := c.Role == "all" || c.Role == "api"
 	runWorkers := c.Role == "all" || c.Role == "worker"
+	var tracing trace.TracerProvider
+	if hooks != nil {
+		tracing = hooks.tracing
+	}
 	var ln net.Listener
 	if runAPI {
 		// Listen first: without NOTIFYD_PUBLIC_URL (dev), links in messages point here.
@@ -65,12 +108,12 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 		defer ln.Close()
 	}
 	metrics := telemetry.New(pool, logger)
-	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers,
+	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers, TracerProvider: tracing,
 		InboxRetention: c.InboxRetention, EventRetention: c.EventRetention,
 		// One bucket per provider in Postgres, shared by every worker process.
 		Limiter: queue.NewPGLimiter(pool, map[string]float64{notifier.ChannelEmail: c.EmailRate, notifier.ChannelPush: c.PushRate})}
 	if runWorkers {
-		channels, err := buildChannels(ctx, c, pool, logger, metrics)
+		channels, err := buildChannels(ctx, c, pool, logger, metrics, tracing)
 		if err != nil {
 			return err
 		}
@@ -104,9 +147,10 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 	if runAPI {
 		srv = &http.Server{
 			Handler: notifier.NewServer(svc, logger, &notifier.ServerOpts{
-				Ready:   func(ctx context.Context) error { return migrations.Check(ctx, pool) },
-				Metrics: metrics,
-				Admin:   adminui.New(svc, logger, nil),
+				Ready:          func(ctx context.Context) error { return migrations.Check(ctx, pool) },
+				Metrics:        metrics,
+				Admin:          adminui.New(svc, logger, nil),
+				TracerProvider: tracing,
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
@@ -144,12 +188,13 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 
 // buildChannels makes the channels this worker can deliver on. The inbox needs
 // only the database; email and push need their provider settings.
-func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, metrics *telemetry.Metrics) (map[string]notifier.Channel, error) {
-	// Provider clients: own timeouts and pools, each request timed for /metrics.
+func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, metrics *telemetry.Metrics, tracing trace.TracerProvider) (map[string]notifier.Channel, error) {
+	// Provider clients: own timeouts and pools, each request timed for /metrics
+	// and, with tracing, a client span under its delivery.
 	providerClient := func(channel string) *http.Client {
 		transport := http.DefaultTransport.(*http.Transport).Clone()
 		transport.MaxIdleConnsPerHost = 256
-		return &http.Client{Transport: metrics.Transport(channel, transport), Timeout: 30 * time.Second}
+		return &http.Client{Transport: metrics.Transport(channel, telemetry.TraceTransport(tracing, channel, transport)), Timeout: 30 * time.Second}
 	}
 	channels := map[string]notifier.Channel{notifier.ChannelInbox: inbox.New(pool)}
 	if c.SendGridAPIKey != "" {
