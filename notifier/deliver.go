@@ -63,6 +63,13 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 		}
 	}
 	required := slices.Contains(s.opts.RequiredCategories, category)
+	// A frequency cap counts what this recipient was sent (or may have been) in
+	// the category on the channel within the window. Concurrent claims for the
+	// same person in two batches can each pass it once.
+	capMax, capWindow := 0, time.Duration(0)
+	if c, ok := s.opts.FrequencyCaps[category]; ok {
+		capMax, capWindow = c.Max, c.Window
+	}
 	// owner is one of two fixed column names, never input.
 	rows, err := q.Query(ctx, `
 		UPDATE deliveries d SET
@@ -78,6 +85,12 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 					AND p.categories -> $6 ->> d2.channel = 'false') THEN 'preference'
 				WHEN d2.channel = 'email' AND EXISTS (SELECT 1 FROM suppressed_addresses s
 					WHERE s.address_hash = `+addressHashSQL("d2.address")+`) THEN 'suppressed_address'
+				WHEN $7 > 0 AND (SELECT count(*) FROM deliveries d3
+					LEFT JOIN broadcasts b3 ON b3.id = d3.broadcast_id
+					LEFT JOIN notifications n3 ON n3.id = d3.notification_id
+					WHERE d3.recipient_id = d2.recipient_id AND d3.channel = d2.channel AND d3.id <> d2.id
+					  AND d3.status IN ('sending', 'sent', 'unknown') AND d3.claimed_at > now() - $8::interval
+					  AND coalesce(b3.category, n3.category) = $6) >= $7 THEN 'frequency_cap'
 				END AS reason
 			FROM deliveries d2
 			WHERE d2.`+owner+` = $1 AND d2.channel = $2 AND d2.id BETWEEN $3 AND $4 AND d2.status = 'pending'
@@ -85,7 +98,7 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 		) x
 		WHERE d.id = x.id
 		RETURNING d.id, d.recipient_id, d.status, d.address`,
-		ownerID, b.Channel, b.FirstID, b.LastID, required, category)
+		ownerID, b.Channel, b.FirstID, b.LastID, required, category, capMax, capWindow)
 	if err != nil {
 		return nil, err
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"errors"
+	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,6 +29,9 @@ type Service struct {
 type ServiceOpts struct {
 	// RequiredCategories cannot be opted out of (e.g. "security", "legal").
 	RequiredCategories []string
+	// FrequencyCaps limit how many messages of a category one recipient gets per
+	// channel within a window; over the cap a delivery is suppressed (frequency_cap).
+	FrequencyCaps map[string]FrequencyCap
 	// Enqueuer puts jobs on the queue; required to create broadcasts and notifications.
 	Enqueuer Enqueuer
 	// Metrics, when set, counts idempotent replays.
@@ -73,4 +79,30 @@ func (s *Service) inTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 func isUniqueViolation(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// FrequencyCap is at most Max messages per recipient and channel within Window.
+type FrequencyCap struct {
+	Max    int
+	Window time.Duration
+}
+
+// ParseFrequencyCaps reads "marketing=3/24h,news=10/168h".
+func ParseFrequencyCaps(spec string) (map[string]FrequencyCap, error) {
+	caps := map[string]FrequencyCap{}
+	for _, item := range strings.Split(spec, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		category, rule, ok := strings.Cut(item, "=")
+		maxText, windowText, ok2 := strings.Cut(rule, "/")
+		limit, err := strconv.Atoi(maxText)
+		window, err2 := time.ParseDuration(windowText)
+		if !ok || !ok2 || err != nil || err2 != nil || limit < 1 || window <= 0 || !validCategory(category) {
+			return nil, fmt.Errorf("frequency cap %q: want category=N/duration, e.g. marketing=3/24h", item)
+		}
+		caps[category] = FrequencyCap{Max: limit, Window: window}
+	}
+	return caps, nil
 }

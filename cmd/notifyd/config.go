@@ -33,6 +33,7 @@ type config struct {
 	Secret             string
 	PublicURL          string
 	RequiredCategories string
+	FrequencyCaps      string
 	LogFormat          string
 	BulkWorkers        int
 	PprofAddr          string
@@ -77,6 +78,7 @@ func bindConfig(fs *flag.FlagSet, getenv func(string) string, c *config) {
 	str(&c.PublicURL, "public-url", "NOTIFYD_PUBLIC_URL", "", "base URL that links in messages point to")
 	str(&c.RequiredCategories, "required-categories", "NOTIFYD_REQUIRED_CATEGORIES", "security,legal", "comma-separated categories nobody can opt out of")
 	str(&c.PprofAddr, "pprof-addr", "NOTIFYD_PPROF_ADDR", "", "listen address for net/http/pprof, e.g. 127.0.0.1:6060 (off when empty)")
+	str(&c.FrequencyCaps, "frequency-caps", "NOTIFYD_FREQUENCY_CAPS", "", "per-category caps per recipient and channel, e.g. marketing=3/24h,news=10/168h")
 	str(&c.LogFormat, "log-format", "NOTIFYD_LOG_FORMAT", "json", "log format: json or text")
 	workers := 16
 	if v, err := strconv.Atoi(getenv("NOTIFYD_BULK_WORKERS")); err == nil {
@@ -125,6 +127,9 @@ func (c *config) validate() error {
 		if _, err := notifier.ParseSendGridWebhookKey(c.SendGridWebhookKey); err != nil {
 			errs = append(errs, fmt.Errorf("NOTIFYD_SENDGRID_WEBHOOK_KEY must be the base64 ECDSA public key SendGrid shows for the signed event webhook: %v", err))
 		}
+	}
+	if _, err := notifier.ParseFrequencyCaps(c.FrequencyCaps); err != nil {
+		errs = append(errs, fmt.Errorf("NOTIFYD_FREQUENCY_CAPS: %v", err))
 	}
 	if c.InboxRetention < 0 || c.EventRetention < 0 {
 		errs = append(errs, errors.New("NOTIFYD_INBOX_RETENTION and NOTIFYD_EVENT_RETENTION must be 0 (keep) or a positive duration"))

@@ -212,3 +212,38 @@ func TestNotificationOvertakesABroadcastBacklog(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestFrequencyCapSuppressesOverTheCap(t *testing.T) {
+	t.Parallel()
+	e := startE2E(t, map[string]string{"NOTIFYD_FREQUENCY_CAPS": "marketing=2/24h"})
+	const n = 10
+	e.seed(t, "fc", n, "pro")
+	send := func(key, category string) map[string]any {
+		t.Helper()
+		body := broadcastBody(key)
+		body["category"] = category
+		body["channels"] = []string{"email"}
+		_, _, created := e.call(t, "POST", "/v1/broadcasts", key, body)
+		return e.waitStatus(t, created["id"], "completed", time.Minute)["counts"].(map[string]any)
+	}
+	for _, key := range []string{"promo-1", "promo-2"} {
+		if c := send(key, "marketing"); c["sent"] != float64(n) {
+			t.Fatalf("%s counts = %v, want all sent (under the cap)", key, c)
+		}
+	}
+	if c := send("promo-3", "marketing"); c["sent"] != float64(0) || c["suppressed"] != float64(n) {
+		t.Fatalf("third marketing broadcast counts = %v, want all suppressed by the cap", c)
+	}
+	// Another category is not capped.
+	if c := send("news-1", "news"); c["sent"] != float64(n) {
+		t.Fatalf("news counts = %v", c)
+	}
+	var reasons int
+	_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM deliveries WHERE reason = 'frequency_cap'`).Scan(&reasons)
+	if reasons != n {
+		t.Fatalf("%d deliveries carry reason frequency_cap, want %d", reasons, n)
+	}
+	if got := e.sendgrid.Count(); got != 3*n {
+		t.Fatalf("the fake received %d emails, want %d", got, 3*n)
+	}
+}

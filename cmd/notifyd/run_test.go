@@ -73,6 +73,7 @@ func TestStartupErrorsAreOneClearLine(t *testing.T) {
 		{"not migrated", map[string]string{"DATABASE_URL": emptyDB}, []string{"serve"}, "run `notifyd migrate`"},
 		{"not migrated apikey", map[string]string{"DATABASE_URL": emptyDB}, []string{"apikey", "list"}, "run `notifyd migrate`"},
 		{"bad role", map[string]string{"NOTIFYD_ROLE": "boss"}, []string{"serve"}, "NOTIFYD_ROLE"},
+		{"bad frequency cap", map[string]string{"NOTIFYD_FREQUENCY_CAPS": "marketing=lots"}, []string{"serve"}, "NOTIFYD_FREQUENCY_CAPS"},
 		{"unknown command", nil, []string{"frobnicate"}, "unknown command"},
 	}
 	for _, tt := range tests {

@@ -123,7 +123,11 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 	if err != nil {
 		return err
 	}
-	svcOpts := &notifier.ServiceOpts{RequiredCategories: c.requiredCategories(), Enqueuer: q, Metrics: metrics}
+	caps, err := notifier.ParseFrequencyCaps(c.FrequencyCaps)
+	if err != nil {
+		return fmt.Errorf("NOTIFYD_FREQUENCY_CAPS: %w", err)
+	}
+	svcOpts := &notifier.ServiceOpts{RequiredCategories: c.requiredCategories(), FrequencyCaps: caps, Enqueuer: q, Metrics: metrics}
 	if err := c.linkOpts(svcOpts, ln, logger); err != nil {
 		return err
 	}
