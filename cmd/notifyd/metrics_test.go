@@ -66,6 +66,16 @@ func TestMetricsAgreeWithTheAPI(t *testing.T) {
 	if v := metricValue(t, body, `notifyd_broadcasts{status="completed"}`); v != 1 {
 		t.Fatalf("completed broadcasts = %v", v)
 	}
+	// The shared limiter's state per provider (rates from startE2E's env, paced at 95%).
+	if v := metricValue(t, body, `notifyd_provider_rate_per_second{channel="email"}`); v <= 0 {
+		t.Fatalf("email rate = %v", v)
+	}
+	if v := metricValue(t, body, `notifyd_provider_breaker_open{channel="email"}`); v != 0 {
+		t.Fatalf("email breaker open = %v", v)
+	}
+	if v := metricValue(t, body, `notifyd_provider_backoff_seconds{channel="push"}`); v != 0 {
+		t.Fatalf("push backoff = %v", v)
+	}
 }
 
 func TestPprofIsOnlyOnItsOwnListener(t *testing.T) {

@@ -26,7 +26,6 @@ type Metrics struct {
 	HTTPDuration      *prometheus.HistogramVec // route, method, status
 	ProviderDuration  *prometheus.HistogramVec // channel, status
 	IdempotentReplays *prometheus.CounterVec   // request
-	LimiterWait       *prometheus.HistogramVec // channel
 }
 
 // New registers the metrics; pool feeds the database-backed ones (nil: none).
@@ -45,12 +44,8 @@ func New(pool *pgxpool.Pool, logger *slog.Logger) *Metrics {
 		IdempotentReplays: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notifyd_idempotent_replays_total", Help: "Requests answered from a stored Idempotency-Key response.",
 		}, []string{"request"}),
-		LimiterWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "notifyd_rate_limiter_wait_seconds", Help: "Time a delivery batch waited for provider rate-limit tokens.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 3, 12),
-		}, []string{"channel"}),
 	}
-	reg.MustRegister(m.HTTPDuration, m.ProviderDuration, m.IdempotentReplays, m.LimiterWait,
+	reg.MustRegister(m.HTTPDuration, m.ProviderDuration, m.IdempotentReplays,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if pool != nil {
 		reg.MustRegister(newDBCollector(pool, logger))
@@ -116,6 +111,7 @@ type dbCollector struct {
 	logger *slog.Logger
 
 	deliveries, queueDepth, oldestAge, broadcastProgress, broadcasts *prometheus.Desc
+	providerRate, providerTokens, providerBlocked, providerBreaker   *prometheus.Desc
 
 	mu      sync.Mutex
 	cached  []prometheus.Metric
@@ -136,11 +132,20 @@ func newDBCollector(pool *pgxpool.Pool, logger *slog.Logger) *dbCollector {
 		broadcastProgress: prometheus.NewDesc("notifyd_broadcast_open_deliveries", "Deliveries still pending or sending, per unfinished broadcast.",
 			[]string{"broadcast_id"}, nil),
 		broadcasts: prometheus.NewDesc("notifyd_broadcasts", "Broadcasts by status.", []string{"status"}, nil),
+		providerRate: prometheus.NewDesc("notifyd_provider_rate_per_second", "The shared rate limit of a provider (the bucket refills at this rate).",
+			[]string{"channel"}, nil),
+		providerTokens: prometheus.NewDesc("notifyd_provider_tokens", "Tokens in a provider's bucket now; negative: grants reserved ahead (waiting).",
+			[]string{"channel"}, nil),
+		providerBlocked: prometheus.NewDesc("notifyd_provider_backoff_seconds", "Seconds until a provider's 429 backoff ends (0: not backing off).",
+			[]string{"channel"}, nil),
+		providerBreaker: prometheus.NewDesc("notifyd_provider_breaker_open", "1 when a provider's circuit breaker is open or probing after sustained 5xx.",
+			[]string{"channel"}, nil),
 	}
 }
 
 func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.deliveries, c.queueDepth, c.oldestAge, c.broadcastProgress, c.broadcasts} {
+	for _, d := range []*prometheus.Desc{c.deliveries, c.queueDepth, c.oldestAge, c.broadcastProgress, c.broadcasts,
+		c.providerRate, c.providerTokens, c.providerBlocked, c.providerBreaker} {
 		ch <- d
 	}
 }
@@ -198,6 +203,14 @@ func (c *dbCollector) fetch(ctx context.Context) ([]prometheus.Metric, error) {
 		{c.broadcastProgress, `SELECT broadcast_id::text, count(*)::float8 FROM deliveries
 			WHERE status IN ('pending', 'sending') AND broadcast_id IS NOT NULL GROUP BY 1`},
 		{c.broadcasts, `SELECT status, count(*)::float8 FROM broadcasts GROUP BY 1`},
+		// The provider rows of the shared limiter (queue/ratelimit.go).
+		{c.providerRate, `SELECT key, rate FROM provider_limits WHERE key NOT LIKE 'broadcast:%'`},
+		{c.providerTokens, `SELECT key, least(burst, rate * extract(epoch FROM clock_timestamp() - tat))::float8
+			FROM provider_limits WHERE key NOT LIKE 'broadcast:%'`},
+		{c.providerBlocked, `SELECT key, greatest(0, extract(epoch FROM coalesce(blocked_until, now()) - clock_timestamp()))::float8
+			FROM provider_limits WHERE key NOT LIKE 'broadcast:%'`},
+		{c.providerBreaker, `SELECT key, CASE WHEN breaker_state = 'closed' THEN 0 ELSE 1 END::float8
+			FROM provider_limits WHERE key NOT LIKE 'broadcast:%'`},
 	}
 	for _, q := range queries {
 		if err := gauges(q.desc, q.sql); err != nil {
