@@ -57,6 +57,11 @@ func (s *Service) withIdempotency(ctx context.Context, apiKeyID, key, request st
 		return nil, false, &Error{Code: EBADREQUEST, Message: "Idempotency-Key is too long", Fields: map[string]string{"Idempotency-Key": "must be at most 255 characters"}}
 	}
 	fp := fingerprint(request, body)
+	// A finished request answers from its stored row at once, however many
+	// replays arrive together; only a key with no row yet contends for the lock.
+	if res, replayed, err := s.storedResponse(ctx, s.pool, apiKeyID, key, request, fp); err != nil || replayed {
+		return res, replayed, err
+	}
 	lockKey := idempotencyLockKey(apiKeyID, key)
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var locked bool
@@ -66,23 +71,9 @@ func (s *Service) withIdempotency(ctx context.Context, apiKeyID, key, request st
 		if !locked {
 			return &Error{Code: ECONFLICT, Message: "a request with this Idempotency-Key is still in flight; retry later"}
 		}
-		var storedRequest string
-		var storedFP, storedBody []byte
-		var storedStatus int
-		err := tx.QueryRow(ctx, `SELECT request, fingerprint, status, response FROM idempotency_keys
-			WHERE api_key_id = $1 AND key = $2`, apiKeyID, key).Scan(&storedRequest, &storedFP, &storedStatus, &storedBody)
-		if err == nil {
-			if storedRequest != request || !bytes.Equal(storedFP, fp) {
-				return &Error{Code: EMISMATCH, Message: "this Idempotency-Key was used with a different request body",
-					Fields: map[string]string{"Idempotency-Key": "already used for a different request"}}
-			}
-			res, replayed = &idempotentResult{Status: storedStatus, Body: storedBody}, true
-			if s.opts.Metrics != nil {
-				s.opts.Metrics.IdempotentReplays.WithLabelValues(request).Inc()
-			}
-			return nil
-		}
-		if !errors.Is(err, pgx.ErrNoRows) {
+		// The first request may have committed between our read and the lock.
+		var err error
+		if res, replayed, err = s.storedResponse(ctx, tx, apiKeyID, key, request, fp); err != nil || replayed {
 			return err
 		}
 		status, response, err := create(tx)
@@ -101,6 +92,30 @@ func (s *Service) withIdempotency(ctx context.Context, apiKeyID, key, request st
 		return nil
 	})
 	return res, replayed, err
+}
+
+// storedResponse answers from a committed key row: the original response, or
+// EMISMATCH for another body; replayed is false when there is no row.
+func (s *Service) storedResponse(ctx context.Context, q DB, apiKeyID, key, request string, fp []byte) (*idempotentResult, bool, error) {
+	var storedRequest string
+	var storedFP, storedBody []byte
+	var storedStatus int
+	err := q.QueryRow(ctx, `SELECT request, fingerprint, status, response FROM idempotency_keys
+		WHERE api_key_id = $1 AND key = $2`, apiKeyID, key).Scan(&storedRequest, &storedFP, &storedStatus, &storedBody)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if storedRequest != request || !bytes.Equal(storedFP, fp) {
+		return nil, false, &Error{Code: EMISMATCH, Message: "this Idempotency-Key was used with a different request body",
+			Fields: map[string]string{"Idempotency-Key": "already used for a different request"}}
+	}
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.IdempotentReplays.WithLabelValues(request).Inc()
+	}
+	return &idempotentResult{Status: storedStatus, Body: storedBody}, true, nil
 }
 
 func idempotencyLockKey(apiKeyID, key string) int64 {

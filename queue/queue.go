@@ -121,6 +121,7 @@ func New(cfg Config) (*Queue, error) {
 	riverCfg := &river.Config{
 		Logger:      cfg.Logger,
 		MaxAttempts: 12,
+		RetryPolicy: retryPolicy{},
 		// Every job is short: a chunk of expansion or one provider batch. A job
 		// whose process died is rescued (run again) after this; the claim makes a
 		// rerun safe.

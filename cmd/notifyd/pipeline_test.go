@@ -206,6 +206,23 @@ func TestBroadcastEndToEnd(t *testing.T) {
 	if status != 202 || header.Get("Idempotent-Replayed") != "true" || out["id"] != id {
 		t.Fatalf("replay = %d %v %v", status, header.Get("Idempotent-Replayed"), out)
 	}
+	// Replays of a finished request, racing each other, all answer the original.
+	var replays sync.WaitGroup
+	replayStatus := make([]string, 30)
+	for i := range 30 {
+		replays.Add(1)
+		go func() {
+			defer replays.Done()
+			status, header, out := e.call(t, "POST", "/v1/broadcasts", "launch-1", body)
+			replayStatus[i] = fmt.Sprint(status, header.Get("Idempotent-Replayed"), out["id"] == id)
+		}()
+	}
+	replays.Wait()
+	for _, s := range replayStatus {
+		if s != "202truetrue" {
+			t.Fatalf("a concurrent replay of a finished request answered %s, want 202 replayed with the same id", s)
+		}
+	}
 	other := broadcastBody("something else")
 	if status, _, _ := e.call(t, "POST", "/v1/broadcasts", "launch-1", other); status != 422 {
 		t.Fatalf("same key, other body = %d, want 422", status)
