@@ -163,6 +163,9 @@ func TestAuthAndScopes(t *testing.T) {
 		t.Fatal(err)
 	}
 	tampered := b.sendKey[:len(b.sendKey)-2] + "xx"
+	if tampered == b.sendKey {
+		tampered = b.sendKey[:len(b.sendKey)-2] + "yy"
+	}
 	tests := []struct {
 		name string
 		key  string
