@@ -300,42 +300,6 @@ func (s *Service) RecordResults(ctx context.Context, q DB, results []SendResult,
 	return sum, nil
 }
 
-// FinishBatch marks the broadcast completed if this batch was the last open work.
-func (s *Service) FinishBatch(ctx context.Context, q DB, b DeliveryBatch) error {
-	if b.BroadcastID == 0 {
-		return nil
-	}
-	return completeIfDone(ctx, q, b.BroadcastID)
-}
-
-// SweepInterrupted marks deliveries claimed longer ago than olderThan and never
-// recorded as unknown: their worker died between claim and record, so the
-// provider may or may not have them. They are never resent (at most once).
-func (s *Service) SweepInterrupted(ctx context.Context, olderThan time.Duration) (int64, error) {
-	rows, err := s.pool.Query(ctx, `
-		UPDATE deliveries SET status = 'unknown', reason = 'interrupted', finished_at = now(),
-			last_error = 'the worker stopped between claim and record'
-		WHERE status = 'sending' AND claimed_at < now() - $1::interval
-		RETURNING broadcast_id`, olderThan)
-	if err != nil {
-		return 0, err
-	}
-	broadcasts, err := pgx.CollectRows(rows, pgx.RowTo[*int64])
-	if err != nil {
-		return 0, err
-	}
-	seen := map[int64]bool{}
-	for _, b := range broadcasts {
-		if b != nil && !seen[*b] {
-			seen[*b] = true
-			if err := completeIfDone(ctx, s.pool, *b); err != nil {
-				return 0, err
-			}
-		}
-	}
-	return int64(len(broadcasts)), nil
-}
-
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s

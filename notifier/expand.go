@@ -268,12 +268,3 @@ func cutBatches(template DeliveryBatch, ids []int64) []DeliveryBatch {
 	}
 	return out
 }
-
-// completeIfDone marks a fully expanded broadcast completed once no delivery is
-// pending or in flight.
-func completeIfDone(ctx context.Context, q DB, id int64) error {
-	_, err := q.Exec(ctx, `UPDATE broadcasts SET status = 'completed', completed_at = now(), updated_at = now()
-		WHERE id = $1 AND status = 'sending' AND expanded
-		AND NOT EXISTS (SELECT 1 FROM deliveries WHERE broadcast_id = $1 AND status IN ('pending', 'sending'))`, id)
-	return err
-}
