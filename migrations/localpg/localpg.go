@@ -137,11 +137,17 @@ func (c *Cluster) Stop() error {
 	return nil
 }
 
-// Restart stops and starts the server on the same port, as a crash test needs.
+// Restart stops and starts the server on the same port and settings (pg_ctl
+// keeps them in postmaster.opts), as a crash test needs; mode is pg_ctl's -m:
+// smart, fast or immediate (a crash and recovery). The server's output goes to
+// the log file, as in Start: without -l the new postmaster inherits pg_ctl's
+// stdout, the pipe CombinedOutput reads, and the call never returns.
 func (c *Cluster) Restart(ctx context.Context, mode string) error {
-	out, err := c.command(ctx, "pg_ctl", "-D", filepath.Join(c.Dir, "data"), "-m", mode, "-w", "restart").CombinedOutput()
+	logFile := filepath.Join(c.Dir, "postgres.log")
+	out, err := c.command(ctx, "pg_ctl", "-D", filepath.Join(c.Dir, "data"), "-l", logFile, "-m", mode, "-w", "-t", "60", "restart").CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("pg_ctl restart: %v: %s", err, lastLines(out))
+		log, _ := os.ReadFile(logFile)
+		return fmt.Errorf("pg_ctl restart: %v: %s %s", err, lastLines(out), lastLines(log))
 	}
 	return nil
 }
