@@ -58,7 +58,11 @@ var (
 func validRecipientID(id string) bool { return recipientIDPattern.MatchString(id) }
 
 // validate checks the input; prefix is prepended to field names ("recipients[3].").
-func (in *RecipientInput) validate(prefix string, problems map[string]string) {
+// It returns the attributes as the JSON to store, encoded once for the size check
+// and the write. knownZones remembers the time zones already found valid: loading
+// a zone reads its file every time, and a batch has few distinct zones.
+func (in *RecipientInput) validate(prefix string, problems map[string]string, knownZones map[string]bool) (attributes string) {
+	attributes = "{}"
 	if in.Email != "" {
 		addr, err := mail.ParseAddress(in.Email)
 		if err != nil || addr.Address != in.Email || addr.Name != "" || !strings.Contains(in.Email[strings.LastIndexByte(in.Email, '@')+1:], ".") {
@@ -68,15 +72,19 @@ func (in *RecipientInput) validate(prefix string, problems map[string]string) {
 	if in.Locale != "" && !localePattern.MatchString(in.Locale) {
 		problems[prefix+"locale"] = "must be a BCP 47 language tag like en or pt-BR"
 	}
-	if in.Timezone != "" {
+	if in.Timezone != "" && !knownZones[in.Timezone] {
 		if _, err := time.LoadLocation(in.Timezone); err != nil || in.Timezone == "Local" {
 			problems[prefix+"timezone"] = "must be an IANA time zone like Europe/Paris"
+		} else {
+			knownZones[in.Timezone] = true
 		}
 	}
 	if in.Attributes != nil {
-		if b, _ := json.Marshal(in.Attributes); len(b) > maxAttributesBytes {
+		b, _ := json.Marshal(in.Attributes)
+		if len(b) > maxAttributesBytes {
 			problems[prefix+"attributes"] = fmt.Sprintf("must encode to at most %d bytes", maxAttributesBytes)
 		}
+		attributes = string(b)
 		for k := range in.Attributes {
 			if k == "" || len(k) > 64 || strings.Contains(k, ".") {
 				problems[prefix+"attributes"] = "keys must be 1 to 64 characters without dots"
@@ -84,23 +92,22 @@ func (in *RecipientInput) validate(prefix string, problems map[string]string) {
 			}
 		}
 	}
+	return attributes
 }
 
 func (in RecipientInput) Valid() map[string]string {
-	problems := map[string]string{}
-	in.validate("", problems)
-	if in.ID != "" {
-		problems["id"] = "is taken from the URL; leave it out of the body"
-	}
+	problems, _ := in.validateOne()
 	return problems
 }
 
-func (in *RecipientInput) attributesJSON() string {
-	if in.Attributes == nil {
-		return "{}"
+// validateOne checks a recipient put on its own, whose id comes from the URL.
+func (in *RecipientInput) validateOne() (problems map[string]string, attributes string) {
+	problems = map[string]string{}
+	attributes = in.validate("", problems, map[string]bool{})
+	if in.ID != "" {
+		problems["id"] = "is taken from the URL; leave it out of the body"
 	}
-	b, _ := json.Marshal(in.Attributes)
-	return string(b)
+	return problems, attributes
 }
 
 func nullable(s string) *string {
@@ -116,7 +123,8 @@ func (s *Service) PutRecipient(ctx context.Context, id string, in RecipientInput
 	if !validRecipientID(id) {
 		return nil, false, Invalid(map[string]string{"id": "must be 1 to 128 characters of letters, digits and . _ : @ + -, starting with a letter or digit"})
 	}
-	if err := Invalid(in.Valid()); err != nil {
+	problems, attributes := in.validateOne()
+	if err := Invalid(problems); err != nil {
 		return nil, false, err
 	}
 	err = s.pool.QueryRow(ctx, `
@@ -125,7 +133,7 @@ func (s *Service) PutRecipient(ctx context.Context, id string, in RecipientInput
 		ON CONFLICT (id) DO UPDATE SET email = excluded.email, locale = excluded.locale,
 			timezone = excluded.timezone, attributes = excluded.attributes, erased = false
 		RETURNING xmax = 0`,
-		id, nullable(in.Email), nullable(in.Locale), nullable(in.Timezone), in.attributesJSON()).Scan(&created)
+		id, nullable(in.Email), nullable(in.Locale), nullable(in.Timezone), attributes).Scan(&created)
 	if err != nil {
 		return nil, false, err
 	}
@@ -154,6 +162,7 @@ func (s *Service) PutRecipients(ctx context.Context, ins []RecipientInput) (*Bat
 	locales := make([]*string, len(ins))
 	zones := make([]*string, len(ins))
 	attrs := make([]string, len(ins))
+	knownZones := map[string]bool{}
 	for i := range ins {
 		in := &ins[i]
 		prefix := fmt.Sprintf("recipients[%d].", i)
@@ -164,12 +173,12 @@ func (s *Service) PutRecipients(ctx context.Context, ins []RecipientInput) (*Bat
 		} else {
 			seen[in.ID] = i
 		}
-		in.validate(prefix, problems)
+		attrs[i] = in.validate(prefix, problems, knownZones)
 		if len(problems) > 100 {
 			problems["recipients"] = "too many invalid recipients; the first 100 problems are listed"
 			break
 		}
-		ids[i], emails[i], locales[i], zones[i], attrs[i] = in.ID, nullable(in.Email), nullable(in.Locale), nullable(in.Timezone), in.attributesJSON()
+		ids[i], emails[i], locales[i], zones[i] = in.ID, nullable(in.Email), nullable(in.Locale), nullable(in.Timezone)
 	}
 	if err := Invalid(problems); err != nil {
 		return nil, err

@@ -116,6 +116,26 @@ func TestBatchRecipients(t *testing.T) {
 			t.Fatalf("a rejected batch wrote %d recipients", n)
 		}
 	})
+	t.Run("time zones repeated in a batch are each checked", func(t *testing.T) {
+		// Valid zones are remembered within a batch; an invalid one must be
+		// reported at every position it appears, and a valid one stored.
+		zoned := batch(4, "tz")
+		items := zoned["recipients"].([]map[string]any)
+		for i, zone := range []string{"Europe/Paris", "Mars/Olympus", "Europe/Paris", "Mars/Olympus"} {
+			items[i]["id"], items[i]["timezone"] = fmt.Sprintf("tz%d", i), zone
+		}
+		r := b.do(t, "POST", "/v1/recipients/batch", b.sendKey, zoned)
+		if fields := r.problemFields(t); r.status != 422 || !slices.Equal(fields, []string{"recipients[1].timezone", "recipients[3].timezone"}) {
+			t.Fatalf("status = %d, fields = %v", r.status, fields)
+		}
+		items[1]["timezone"], items[3]["timezone"] = "Asia/Tokyo", "Europe/Paris"
+		if r := b.do(t, "POST", "/v1/recipients/batch", b.sendKey, zoned); r.status != 200 {
+			t.Fatalf("status = %d %s", r.status, r.body)
+		}
+		if n := b.count(t, "SELECT count(*) FROM recipients WHERE id LIKE 'tz%' AND timezone IN ('Europe/Paris', 'Asia/Tokyo') AND attributes = '{\"plan\": \"tz\"}'"); n != 4 {
+			t.Fatalf("%d of 4 recipients stored with their zone and attributes", n)
+		}
+	})
 	t.Run("limits", func(t *testing.T) {
 		if r := b.do(t, "POST", "/v1/recipients/batch", b.sendKey, batch(10001, "x")); r.status != 422 {
 			t.Fatalf("10,001 recipients = %d", r.status)
