@@ -227,7 +227,7 @@ func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
 
 	rep := &bcReport{opts: o, channels: o.channels}
 	for _, c := range b.children {
-		rep.idleRSS = append(rep.idleRSS, bcProcStatusKiB(c.pid, "VmRSS"))
+		rep.idleRSS = append(rep.idleRSS, procStatusKiB(c.pid, "VmRSS"))
 	}
 	if o.pgStats {
 		if _, err := b.pool.Exec(ctx, "SELECT pg_stat_statements_reset()"); err != nil {
@@ -249,7 +249,7 @@ func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
 	// Peak RSS before the processes go: VmHWM lives as long as the process.
 	for _, c := range b.children {
 		rep.procs = append(rep.procs, bcProcMem{role: c.role, pid: c.pid,
-			hwmKiB: bcProcStatusKiB(c.pid, "VmHWM"), maxSampledKiB: c.maxRSS.Load()})
+			hwmKiB: procStatusKiB(c.pid, "VmHWM"), maxSampledKiB: c.maxRSS.Load()})
 	}
 	if err := b.measure(ctx, rep); err != nil {
 		return rep, err
@@ -835,7 +835,7 @@ func (b *bcBench) sampleRSS() {
 			default:
 			}
 			alive = true
-			if kib := bcProcStatusKiB(c.pid, "VmRSS"); kib > c.maxRSS.Load() {
+			if kib := procStatusKiB(c.pid, "VmRSS"); kib > c.maxRSS.Load() {
 				c.maxRSS.Store(kib)
 			}
 		}
@@ -1482,17 +1482,17 @@ func (u bcCPUUse) String() string {
 func (b *bcBench) sampleCPU() bcCPUSample {
 	s := bcCPUSample{at: time.Now()}
 	for _, c := range b.children {
-		t, _ := bcProcCPU(c.pid)
+		t, _ := processCPU(c.pid)
 		s.children = append(s.children, t)
 	}
 	if b.cluster != nil {
-		s.postgres, s.pgOK = bcClusterCPU(filepath.Join(b.cluster.Dir, "data"))
+		s.postgres, s.pgOK = clusterCPU(filepath.Join(b.cluster.Dir, "data"))
 	}
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		s.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	s.busy, s.total = bcMachineCPU()
+	s.busy, s.total, _ = readMachineCPU()
 	return s
 }
 
@@ -1510,110 +1510,6 @@ func bcCPUBetween(a, b bcCPUSample) bcCPUUse {
 		u.machine = float64(b.busy-a.busy) / float64(b.total-a.total) * float64(u.machineCores)
 	}
 	return u
-}
-
-// bcProcStat reads ppid, utime+stime and cutime+cstime of /proc/PID/stat.
-func bcProcStat(pid int) (ppid int, own, children uint64, ok bool) {
-	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, 0, false
-	}
-	i := bytes.LastIndexByte(raw, ')')
-	if i < 0 {
-		return 0, 0, 0, false
-	}
-	f := strings.Fields(string(raw[i+1:]))
-	if len(f) < 15 {
-		return 0, 0, 0, false
-	}
-	ppid, _ = strconv.Atoi(f[1])
-	ut, _ := strconv.ParseUint(f[11], 10, 64)
-	st, _ := strconv.ParseUint(f[12], 10, 64)
-	cut, _ := strconv.ParseUint(f[13], 10, 64)
-	cst, _ := strconv.ParseUint(f[14], 10, 64)
-	return ppid, ut + st, cut + cst, true
-}
-
-// bcTicks is USER_HZ, the unit of /proc CPU times.
-const bcTicks = 100
-
-func bcProcCPU(pid int) (time.Duration, bool) {
-	_, own, _, ok := bcProcStat(pid)
-	return time.Duration(own) * time.Second / bcTicks, ok
-}
-
-// bcClusterCPU is the CPU time of the postmaster, its exited children and its
-// live children (the backends).
-func bcClusterCPU(dataDir string) (time.Duration, bool) {
-	raw, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	if err != nil {
-		return 0, false
-	}
-	first, _, _ := strings.Cut(string(raw), "\n")
-	postmaster, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil {
-		return 0, false
-	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, false
-	}
-	var ticks uint64
-	found := false
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		ppid, own, children, ok := bcProcStat(pid)
-		switch {
-		case !ok:
-		case pid == postmaster:
-			ticks += own + children
-			found = true
-		case ppid == postmaster:
-			ticks += own
-		}
-	}
-	return time.Duration(ticks) * time.Second / bcTicks, found
-}
-
-func bcMachineCPU() (busy, total uint64) {
-	raw, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, 0
-	}
-	line, _, _ := strings.Cut(string(raw), "\n")
-	fields := strings.Fields(line)
-	if len(fields) < 5 || fields[0] != "cpu" {
-		return 0, 0
-	}
-	for i, f := range fields[1:min(len(fields), 9)] {
-		v, _ := strconv.ParseUint(f, 10, 64)
-		total += v
-		if i != 3 && i != 4 { // idle, iowait
-			busy += v
-		}
-	}
-	return busy, total
-}
-
-// bcProcStatusKiB reads a "Vm...: N kB" line of /proc/PID/status; -1 if absent.
-func bcProcStatusKiB(pid int, field string) int64 {
-	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return -1
-	}
-	for line := range strings.Lines(string(raw)) {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				return -1
-			}
-			return n
-		}
-	}
-	return -1
 }
 
 // The profiled child.
@@ -1650,7 +1546,7 @@ func bcHeapAtPeaks(ctx context.Context, prefix string) {
 			return
 		case <-t.C:
 		}
-		rss := bcProcStatusKiB(os.Getpid(), "VmRSS")
+		rss := procStatusKiB(os.Getpid(), "VmRSS")
 		if rss < peak+peak/20 { // 5% above the last snapshot
 			continue
 		}

@@ -205,7 +205,7 @@ func broadcastSummary(b *notifier.Broadcast) []string {
 	}
 	lines := []string{head,
 		fmt.Sprintf("  category %s, %s, %s recipients, created %s by %s", b.Category, audience,
-			groupDigits(b.Counts.Recipients), b.CreatedAt.Local().Format("2006-01-02 15:04:05"), b.CreatedBy)}
+			thousands(b.Counts.Recipients), b.CreatedAt.Local().Format("2006-01-02 15:04:05"), b.CreatedBy)}
 	if b.FailureReason != "" {
 		lines = append(lines, "  failed: "+b.FailureReason)
 	}
@@ -229,15 +229,15 @@ func channelRow(name string, c notifier.ChannelCounts) []string {
 	}
 	frac := float64(done) / float64(c.Deliveries)
 	return []string{name, progressBar(frac, 20), fmt.Sprintf("%d%%", int(frac*100)),
-		groupDigits(done) + "/" + groupDigits(c.Deliveries), countsText(c)}
+		thousands(done) + "/" + thousands(c.Deliveries), countsText(c)}
 }
 
 func countsText(c notifier.ChannelCounts) string {
 	s := fmt.Sprintf("sent %s  failed %s  suppressed %s  pending %s  cancelled %s  unknown %s",
-		groupDigits(c.Sent), groupDigits(c.Failed), groupDigits(c.Suppressed), groupDigits(c.Pending),
-		groupDigits(c.Cancelled), groupDigits(c.Unknown))
+		thousands(c.Sent), thousands(c.Failed), thousands(c.Suppressed), thousands(c.Pending),
+		thousands(c.Cancelled), thousands(c.Unknown))
 	if c.Sending > 0 {
-		s += "  in flight " + groupDigits(c.Sending)
+		s += "  in flight " + thousands(c.Sending)
 	}
 	return s
 }
@@ -271,10 +271,10 @@ func controlSummary(r *notifier.ControlResult) []string {
 	}
 	c := r.Counts
 	counts := fmt.Sprintf("  status %s: sent %s  failed %s  suppressed %s  pending %s  cancelled %s  unknown %s",
-		r.Status, groupDigits(c.Sent), groupDigits(c.Failed), groupDigits(c.Suppressed), groupDigits(c.Pending),
-		groupDigits(c.Cancelled), groupDigits(c.Unknown))
+		r.Status, thousands(c.Sent), thousands(c.Failed), thousands(c.Suppressed), thousands(c.Pending),
+		thousands(c.Cancelled), thousands(c.Unknown))
 	if c.InFlight > 0 {
-		counts += fmt.Sprintf("  in flight %s (their worker stopped; they become unknown)", groupDigits(c.InFlight))
+		counts += fmt.Sprintf("  in flight %s (their worker stopped; they become unknown)", thousands(c.InFlight))
 	}
 	return []string{head, counts}
 }
@@ -284,24 +284,6 @@ func progressBar(frac float64, width int) string {
 	frac = max(0, min(1, frac))
 	n := int(frac * float64(width))
 	return "[" + strings.Repeat("#", n) + strings.Repeat("-", width-n) + "]"
-}
-
-// groupDigits writes n with thousands separators: 10000 -> 10,000.
-func groupDigits(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(r)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
 }
 
 // alignColumns pads every column but the last to its widest cell; the third and

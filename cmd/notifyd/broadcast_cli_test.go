@@ -216,13 +216,13 @@ func TestBroadcastCLIPauseMidwayAndResume(t *testing.T) {
 		t.Fatalf("deliveries after pause = %v; the test must pause mid-way", db)
 	}
 	wantContains(t, "pause output", got, "paused broadcast "+id,
-		fmt.Sprintf("status paused: sent %s  failed 0  suppressed 0  pending %s  cancelled 0  unknown 0", groupDigits(int64(db["sent"])), groupDigits(int64(db["pending"]))))
+		fmt.Sprintf("status paused: sent %s  failed 0  suppressed 0  pending %s  cancelled 0  unknown 0", thousands(int64(db["sent"])), thousands(int64(db["pending"]))))
 	got, err = runCommand(t, env, "broadcast", "status", id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pct := fmt.Sprintf("%d%%", db["sent"]*100/n)
-	wantContains(t, "status of paused", got, "\"cli midway\": paused\n", pct, fmt.Sprintf("%s/4,000", groupDigits(int64(db["sent"]))))
+	wantContains(t, "status of paused", got, "\"cli midway\": paused\n", pct, fmt.Sprintf("%s/4,000", thousands(int64(db["sent"]))))
 	if strings.Contains(got, "total") {
 		t.Fatalf("one channel needs no total line:\n%s", got)
 	}
@@ -296,8 +296,8 @@ func TestBroadcastProgressRendering(t *testing.T) {
 		}
 	}
 	for n, want := range map[int64]string{0: "0", 999: "999", 1000: "1,000", 5200: "5,200", 1234567: "1,234,567", -1000: "-1,000"} {
-		if got := groupDigits(n); got != want {
-			t.Errorf("groupDigits(%d) = %s, want %s", n, got, want)
+		if got := thousands(n); got != want {
+			t.Errorf("thousands(%d) = %s, want %s", n, got, want)
 		}
 	}
 	row := channelRow("email", notifier.ChannelCounts{Deliveries: 10000, Sent: 5000, Failed: 100, Suppressed: 100, Pending: 4800})
