@@ -82,7 +82,13 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	hooks := &serveHooks{listening: func(addr string) {
+	// Tracing as in serve: on only when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+	tracing, stopTracing, err := startTracing(ctx, getenv, logger)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	hooks := &serveHooks{tracing: tracing, listening: func(addr string) {
 		base := "http://" + strings.Replace(addr, "[::]", "localhost", 1)
 		fmt.Fprintf(stdout, `
 notifyd dev is running at %s

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
@@ -14,20 +15,29 @@ import (
 
 // TestDevSendsADemoBroadcastToTheFakes runs `notifyd dev` as a newcomer would
 // (here on a test database rather than its own cluster) and sends the broadcast
-// it suggests.
+// it suggests, with tracing to a fake OTLP collector as a newcomer trying it
+// might.
 func TestDevSendsADemoBroadcastToTheFakes(t *testing.T) {
 	t.Parallel()
-	env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t), "NOTIFYD_ADDR": "127.0.0.1:0"}
+	collector := &otlpCollector{}
+	otlp := httptest.NewServer(collector)
+	t.Cleanup(otlp.Close)
+	env := map[string]string{"DATABASE_URL": pgtest.NewDatabase(t), "NOTIFYD_ADDR": "127.0.0.1:0", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.URL}
 	ctx, cancel := context.WithCancel(context.Background())
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"notifyd", "dev"}, envOf(env), &stdout, &stderr) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("dev: %v", err)
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("dev: %v", err)
+			}
 		}
-	}()
+	}
+	defer stop()
 	var base, key, sendgridPage string
 	deadline := time.Now().Add(30 * time.Second)
 	for base == "" || key == "" || sendgridPage == "" {
@@ -74,5 +84,16 @@ func TestDevSendsADemoBroadcastToTheFakes(t *testing.T) {
 	}
 	if len(received) != len(demoPeople) || !strings.HasPrefix(received[0].Subject, "Hello ") {
 		t.Fatalf("the fake SendGrid page shows %d messages: %+v", len(received), received)
+	}
+	// Stopping dev flushes the spans it has not exported yet.
+	stop()
+	names := map[string]int{}
+	for _, s := range collector.snapshot() {
+		names[s.name]++
+	}
+	for _, name := range []string{"POST /v1/broadcasts", "notifyd.expand", "notifyd.send"} {
+		if names[name] == 0 {
+			t.Errorf("dev exported no %s span: %v", name, names)
+		}
 	}
 }
