@@ -20,3 +20,9 @@ CREATE TABLE expand_ranges (
     done         boolean NOT NULL DEFAULT false,
     PRIMARY KEY (broadcast_id, lo)
 );
+
+-- Each connection takes delivery ids in blocks, so the deliveries one expansion
+-- chunk inserts get consecutive ids even while chunks of other ranges insert at
+-- the same time, and its delivery jobs (id ranges) stay whole. Ids are then
+-- unique but not in insertion order across connections.
+ALTER SEQUENCE deliveries_id_seq CACHE 10000;

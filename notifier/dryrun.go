@@ -82,9 +82,10 @@ func (s *Service) DryRunBroadcast(ctx context.Context, in BroadcastInput) (*DryR
 			reason = `coalesce(` + reason + `, CASE WHEN EXISTS (SELECT 1 FROM dedupe_claims c WHERE c.dedupe_key = ` + args.add(in.DedupeKey) +
 				` AND c.recipient_id = r.id AND c.channel = ch.channel) THEN 'duplicate' END)`
 		}
+		// OFFSET 0: the reason is computed once per row, not once per use.
 		rows, err := tx.Query(ctx, `SELECT ch.channel, x.reason, count(*) FROM `+relation+` AS r
 			CROSS JOIN unnest(`+channelsArg+`) AS ch(channel)
-			CROSS JOIN LATERAL (SELECT `+reason+` AS reason) x
+			CROSS JOIN LATERAL (SELECT `+reason+` AS reason OFFSET 0) x
 			WHERE `+where+` GROUP BY 1, 2`, args.values...)
 		if err != nil {
 			return err

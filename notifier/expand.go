@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -11,6 +12,11 @@ import (
 
 // ExpandChunkSize is how many recipients one expansion transaction takes.
 const ExpandChunkSize = 5000
+
+// ExpandRanges is how many disjoint ranges of recipient ids a broadcast's audience
+// is cut into and expanded in parallel: one chunk transaction is mostly
+// PostgreSQL's CPU, so ranges use more than one core.
+const ExpandRanges = 4
 
 // BatchSize is how many deliveries of a channel one delivery job carries: the
 // provider's batch shape (SendGrid 1,000 personalizations, FCM SendEach 500).
@@ -27,31 +33,25 @@ type ExpandResult struct {
 	Recipients int  // recipients expanded in this call
 }
 
+// expandConfig sizes an expansion; tests use small values.
+type expandConfig struct {
+	chunk  int // recipients per chunk transaction
+	ranges int // ranges of recipient ids, expanded in parallel
+}
+
 // ExpandBroadcast writes the broadcast's audience, as of its cut-off, as delivery
-// rows plus delivery jobs, one chunk per transaction, until done or the budget is
-// spent. Each chunk locks the broadcast row and advances its cursor in the same
+// rows plus delivery jobs, until done or the budget is spent. The audience is cut
+// into disjoint ranges of recipient ids (expand_ranges), expanded in parallel, one
+// chunk per transaction; each chunk advances its range's cursor in the same
 // transaction, so a crash or a second expander resumes without duplicates.
 func (s *Service) ExpandBroadcast(ctx context.Context, id int64, budget time.Duration) (ExpandResult, error) {
-	deadline := time.Now().Add(budget)
-	var res ExpandResult
-	for {
-		n, done, err := s.expandChunk(ctx, id)
-		res.Recipients += n
-		if err != nil || done {
-			res.Done = done
-			return res, err
-		}
-		if time.Now().After(deadline) {
-			return res, nil
-		}
-	}
+	return s.expand(ctx, id, budget, expandConfig{chunk: ExpandChunkSize, ranges: ExpandRanges})
 }
 
 // expansionState is what a chunk needs to know about its broadcast.
 type expansionState struct {
-	status       string
-	cursor       *string
-	filter       []byte
+	cursor       *string // expand_cursor of an expansion begun before expand_ranges
+	filter       *Filter
 	recipientIDs []string
 	channels     []string
 	category     string
@@ -59,13 +59,330 @@ type expansionState struct {
 	dedupeKey    *string
 }
 
-func (s *Service) expandChunk(ctx context.Context, id int64) (expanded int, done bool, err error) {
+// rangeOutcome is what the expansion of one range came to in one call.
+type rangeOutcome struct {
+	recipients int
+	stopped    bool
+	err        error
+}
+
+func (s *Service) expand(ctx context.Context, id int64, budget time.Duration, cfg expandConfig) (ExpandResult, error) {
+	deadline := time.Now().Add(budget)
+	st, open, stop, err := s.startExpansion(ctx, id, cfg)
+	if err != nil || stop {
+		return ExpandResult{Done: stop}, err
+	}
+	// One goroutine per open range; the first error stops the others.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	outcomes := make([]rangeOutcome, len(open))
+	var wg sync.WaitGroup
+	for i, lo := range open {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outcomes[i] = s.expandRange(rctx, id, st, lo, deadline, cfg.chunk)
+			if outcomes[i].err != nil {
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	var res ExpandResult
+	var errs []error
+	for _, o := range outcomes {
+		res.Recipients += o.recipients
+		if o.err != nil && !errors.Is(o.err, context.Canceled) {
+			errs = append(errs, o.err)
+		}
+	}
+	if len(errs) > 0 {
+		return res, errors.Join(errs...)
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	res.Done, err = s.finishExpansion(ctx, id)
+	return res, err
+}
+
+// startExpansion reads the broadcast under its row lock, cuts its audience into
+// ranges the first time, and returns the ranges still open (by their lower
+// bound). stop: the broadcast is gone, stopped or already expanded.
+func (s *Service) startExpansion(ctx context.Context, id int64, cfg expandConfig) (st *expansionState, open []string, stop bool, err error) {
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
-		var st expansionState
+		st = &expansionState{}
+		var status string
+		var rawFilter []byte
 		var isExpanded bool
 		err := tx.QueryRow(ctx, `SELECT status, expand_cursor, filter, recipient_ids, channels, category, cutoff_at, dedupe_key, expanded
 			FROM broadcasts WHERE id = $1 FOR UPDATE`, id).
-			Scan(&st.status, &st.cursor, &st.filter, &st.recipientIDs, &st.channels, &st.category, &st.cutoff, &st.dedupeKey, &isExpanded)
+			Scan(&status, &st.cursor, &rawFilter, &st.recipientIDs, &st.channels, &st.category, &st.cutoff, &st.dedupeKey, &isExpanded)
+		if errors.Is(err, pgx.ErrNoRows) {
+			stop = true
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		// Cancelled, paused or finished: stop. Resume re-enqueues the expansion.
+		if isExpanded || !expansionActive(status) {
+			stop = true
+			return nil
+		}
+		if rawFilter != nil {
+			var problems map[string]string
+			if st.filter, problems = ParseFilter(rawFilter, "filter"); len(problems) > 0 {
+				return errors.New("stored broadcast filter does not parse")
+			}
+		}
+		var planned bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM expand_ranges WHERE broadcast_id = $1)`, id).Scan(&planned); err != nil {
+			return err
+		}
+		if !planned {
+			if err := s.planRanges(ctx, tx, id, st, cfg); err != nil {
+				return err
+			}
+		}
+		rows, err := tx.Query(ctx, `SELECT lo FROM expand_ranges WHERE broadcast_id = $1 AND NOT done ORDER BY lo`, id)
+		if err != nil {
+			return err
+		}
+		if open, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE broadcasts SET status = 'expanding', updated_at = now() WHERE id = $1 AND status = 'scheduled'`, id)
+		return err
+	})
+	return st, open, stop, err
+}
+
+func expansionActive(status string) bool {
+	return status == StatusScheduled || status == StatusExpanding || status == StatusSending
+}
+
+// planRanges cuts the id space into up to cfg.ranges ranges holding about as
+// many recipients each, from a sample of the directory (or the explicit list).
+// The bounds only balance the work: the ranges cover every id whatever the
+// sample, from the empty string (exclusive) to the end.
+func (s *Service) planRanges(ctx context.Context, tx pgx.Tx, id int64, st *expansionState, cfg expandConfig) error {
+	if st.cursor != nil {
+		// An expansion begun with the single cursor of earlier versions goes on
+		// from it, as one range.
+		_, err := tx.Exec(ctx, `INSERT INTO expand_ranges (broadcast_id, lo, hi, cursor) VALUES ($1, '', NULL, $2)`, id, *st.cursor)
+		return err
+	}
+	var ids []string
+	var total float64
+	if st.recipientIDs != nil {
+		ids, total = st.recipientIDs, float64(len(st.recipientIDs))
+	} else {
+		// Sample about 200 pages of the directory: enough for even bounds, and
+		// cheap at any size.
+		var pages float64
+		if err := tx.QueryRow(ctx, `SELECT greatest(pg_relation_size('recipients') / current_setting('block_size')::int, 1)`).Scan(&pages); err != nil {
+			return err
+		}
+		percent := min(100, 100*200/pages)
+		rows, err := tx.Query(ctx, `SELECT id FROM recipients TABLESAMPLE SYSTEM ($1)`, percent)
+		if err != nil {
+			return err
+		}
+		if ids, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return err
+		}
+		total = float64(len(ids)) * 100 / percent
+	}
+	n := int(max(1, min(float64(cfg.ranges), total/float64(cfg.chunk))))
+	fractions := make([]float64, 0, n-1)
+	for k := 1; k < n; k++ {
+		fractions = append(fractions, float64(k)/float64(n))
+	}
+	// The bounds are ordered by PostgreSQL (its collation is the one the cursors
+	// compare with), and the same bound twice would make an empty range.
+	_, err := tx.Exec(ctx, `
+		WITH bounds AS (
+			SELECT DISTINCT b FROM unnest((SELECT percentile_disc($2::float8[]) WITHIN GROUP (ORDER BY i) FROM unnest($3::text[]) i)) b
+			WHERE b IS NOT NULL AND b <> ''),
+		los AS (SELECT '' AS lo UNION ALL SELECT b FROM bounds)
+		INSERT INTO expand_ranges (broadcast_id, lo, hi, cursor)
+		SELECT $1, lo, lead(lo) OVER (ORDER BY lo), lo FROM los`, id, fractions, ids)
+	return err
+}
+
+// expandRange expands one range a chunk at a time until it is done, the
+// broadcast is stopped, or the deadline passes.
+func (s *Service) expandRange(ctx context.Context, id int64, st *expansionState, lo string, deadline time.Time, chunk int) rangeOutcome {
+	var out rangeOutcome
+	for {
+		n, done, stopped, err := s.expandChunk(ctx, id, st, lo, chunk)
+		out.recipients += n
+		out.stopped = stopped
+		if err != nil {
+			out.err = err
+			return out
+		}
+		if done || stopped || time.Now().After(deadline) {
+			return out
+		}
+	}
+}
+
+// expandChunk writes the deliveries and delivery jobs of the next chunk of a
+// range, and advances the range's cursor, in one transaction. It holds the
+// broadcast row shared, so that chunks of several ranges run at once while
+// cancel and pause (which update the row) wait for them, and chunks that start
+// later see the new status and stop.
+func (s *Service) expandChunk(ctx context.Context, id int64, st *expansionState, lo string, chunk int) (expanded int, done, stopped bool, err error) {
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		var status string
+		var isExpanded bool
+		err := tx.QueryRow(ctx, `SELECT status, expanded FROM broadcasts WHERE id = $1 FOR SHARE`, id).Scan(&status, &isExpanded)
+		if errors.Is(err, pgx.ErrNoRows) {
+			stopped = true
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if isExpanded || !expansionActive(status) {
+			stopped = true
+			return nil
+		}
+		var hi *string
+		var cursor string
+		err = tx.QueryRow(ctx, `SELECT hi, cursor, done FROM expand_ranges WHERE broadcast_id = $1 AND lo = $2 FOR UPDATE`, id, lo).
+			Scan(&hi, &cursor, &done)
+		if err != nil || done {
+			return err
+		}
+		w, err := s.writeChunk(ctx, tx, id, st, cursor, hi, chunk)
+		if err != nil {
+			return err
+		}
+		expanded, done = w.recipients, w.recipients < chunk
+		if w.last != nil {
+			cursor = *w.last
+		}
+		if _, err := tx.Exec(ctx, `UPDATE expand_ranges SET cursor = $3, recipients = recipients + $4, done = $5
+			WHERE broadcast_id = $1 AND lo = $2`, id, lo, cursor, expanded, done); err != nil {
+			return err
+		}
+		if len(w.batches) == 0 {
+			return nil
+		}
+		return s.opts.Enqueuer.EnqueueDeliveriesTx(ctx, tx, w.batches, false)
+	})
+	return expanded, done, stopped, err
+}
+
+// chunkWritten is what writeChunk did.
+type chunkWritten struct {
+	recipients int     // recipients read from the audience
+	last       *string // the last of them (nil: none)
+	batches    []DeliveryBatch
+}
+
+// writeChunk inserts one delivery per recipient and channel for the next chunk
+// recipients of the audience after cursor (up to hi), in one statement on the
+// server. Deliveries that cannot or must not be sent are written suppressed with
+// the reason; with a dedupe key, a delivery whose (key, recipient, channel) is
+// already claimed becomes a suppressed duplicate. The pending rest is cut into
+// delivery batches of the channel's size on the way out. Chunks of other ranges
+// insert at the same time and take ids from the same sequence, so a batch never
+// spans a gap in this statement's ids: every id in its range is one of this
+// chunk's deliveries, and no delivery is in two batches. (The sequence hands
+// each connection a block of ids, see migration 007, so gaps are rare.)
+func (s *Service) writeChunk(ctx context.Context, tx pgx.Tx, id int64, st *expansionState, cursor string, hi *string, chunk int) (chunkWritten, error) {
+	args := &sqlArgs{}
+	var where string
+	if st.recipientIDs != nil {
+		where = "r.id = ANY(" + args.add(st.recipientIDs) + "::text[])"
+	} else {
+		where = compileFilter(st.filter, args)
+	}
+	page := audiencePageSQL(where, st.cutoff, cursor, hi, chunk, args)
+	broadcast := args.add(id) + "::bigint"
+	channels := args.add(st.channels) + "::text[]"
+	sizes := make([]int, len(st.channels))
+	for i, ch := range st.channels {
+		sizes[i] = BatchSize(ch)
+	}
+	sizesArg := args.add(sizes) + "::int[]"
+	reason := suppressionSQL("a", args.add(st.cutoff)+"::timestamptz", args.add(st.category)+"::text",
+		args.add(slices.Contains(s.opts.RequiredCategories, st.category))+"::boolean")
+	// With a dedupe key, only the deliveries whose claim this statement took are
+	// sent; the others are marked duplicates below (a statement cannot update the
+	// rows its own CTE inserted).
+	dedupe, send, dups := "", "ins", "'{}'::bigint[]"
+	if st.dedupeKey != nil {
+		dedupe = `claimed AS (
+			INSERT INTO dedupe_claims (dedupe_key, recipient_id, channel, delivery_id)
+			SELECT ` + args.add(*st.dedupeKey) + `::text, recipient_id, channel, id FROM ins WHERE status = 'pending'
+			ON CONFLICT DO NOTHING
+			RETURNING delivery_id),`
+		send = "ins JOIN claimed ON claimed.delivery_id = ins.id"
+		dups = "ARRAY(SELECT id FROM ins WHERE status = 'pending' AND id NOT IN (SELECT delivery_id FROM claimed))"
+	}
+	// OFFSET 0 keeps the lateral subquery from being flattened, which would
+	// evaluate the suppression CASE (and its subqueries) once for the status and
+	// again for the reason.
+	q := `
+		WITH a AS MATERIALIZED (` + page + `),
+		ins AS (
+			INSERT INTO deliveries (broadcast_id, recipient_id, channel, status, reason, address)
+			SELECT ` + broadcast + `, a.id, ch.channel,
+				CASE WHEN x.reason IS NULL THEN 'pending' ELSE 'suppressed' END, x.reason,
+				CASE WHEN ch.channel = 'email' THEN a.email END
+			FROM a
+			CROSS JOIN unnest(` + channels + `) AS ch(channel)
+			CROSS JOIN LATERAL (SELECT ` + reason + ` AS reason OFFSET 0) x
+			ON CONFLICT DO NOTHING
+			RETURNING id, recipient_id, channel, status),
+		` + dedupe + `
+		runs AS (SELECT id, id - row_number() OVER (ORDER BY id) AS run FROM ins),
+		batches AS (
+			SELECT channel, min(id) AS first_id, max(id) AS last_id, count(*)::int AS n FROM (
+				SELECT ins.id, ins.channel, runs.run, (row_number() OVER (PARTITION BY ins.channel, runs.run ORDER BY ins.id) - 1)
+					/ (` + sizesArg + `)[array_position(` + channels + `, ins.channel)] AS k
+				FROM ` + send + ` JOIN runs ON runs.id = ins.id WHERE ins.status = 'pending') p
+			GROUP BY channel, run, k)
+		SELECT (SELECT count(*) FROM a)::int, (SELECT max(id) FROM a),
+			ARRAY(SELECT channel FROM batches ORDER BY channel, first_id),
+			ARRAY(SELECT first_id FROM batches ORDER BY channel, first_id),
+			ARRAY(SELECT last_id FROM batches ORDER BY channel, first_id),
+			ARRAY(SELECT n FROM batches ORDER BY channel, first_id),
+			` + dups
+	var w chunkWritten
+	var bChannels []string
+	var firsts, lasts, duplicates []int64
+	var counts []int
+	err := tx.QueryRow(ctx, q, args.values...).Scan(&w.recipients, &w.last, &bChannels, &firsts, &lasts, &counts, &duplicates)
+	if err != nil {
+		return w, err
+	}
+	if len(duplicates) > 0 {
+		if _, err := tx.Exec(ctx, `UPDATE deliveries SET status = 'suppressed', reason = 'duplicate', finished_at = now()
+			WHERE id = ANY($1)`, duplicates); err != nil {
+			return w, err
+		}
+	}
+	for i := range bChannels {
+		w.batches = append(w.batches, DeliveryBatch{BroadcastID: id, Channel: bChannels[i], FirstID: firsts[i], LastID: lasts[i], Count: counts[i]})
+	}
+	return w, nil
+}
+
+// finishExpansion brings the broadcast up to date with its ranges under its row
+// lock: the audience size so far, and once every range is done, expanded (and
+// completed if nothing is left to send). done: nothing is left to expand, or the
+// broadcast was stopped.
+func (s *Service) finishExpansion(ctx context.Context, id int64) (done bool, err error) {
+	err = s.inTx(ctx, func(tx pgx.Tx) error {
+		var status string
+		var isExpanded bool
+		err := tx.QueryRow(ctx, `SELECT status, expanded FROM broadcasts WHERE id = $1 FOR UPDATE`, id).Scan(&status, &isExpanded)
 		if errors.Is(err, pgx.ErrNoRows) {
 			done = true
 			return nil
@@ -73,144 +390,29 @@ func (s *Service) expandChunk(ctx context.Context, id int64) (expanded int, done
 		if err != nil {
 			return err
 		}
-		// Cancelled, paused or finished: stop. Resume re-enqueues the expansion.
-		if isExpanded || (st.status != StatusScheduled && st.status != StatusExpanding && st.status != StatusSending) {
+		if isExpanded {
 			done = true
 			return nil
 		}
-		ids, emails, err := s.audienceChunk(ctx, tx, &st)
-		if err != nil {
+		var size int64
+		var open bool
+		if err := tx.QueryRow(ctx, `SELECT coalesce(sum(recipients), 0), coalesce(bool_or(NOT done), false)
+			FROM expand_ranges WHERE broadcast_id = $1`, id).Scan(&size, &open); err != nil {
 			return err
 		}
-		expanded = len(ids)
-		done = len(ids) < ExpandChunkSize
-		if len(ids) > 0 {
-			if err := s.writeDeliveries(ctx, tx, id, &st, ids, emails); err != nil {
-				return err
-			}
-		}
-		var cursor *string
-		if len(ids) > 0 {
-			cursor = &ids[len(ids)-1]
-		} else {
-			cursor = st.cursor
-		}
-		_, err = tx.Exec(ctx, `UPDATE broadcasts SET expand_cursor = $2, audience_size = audience_size + $3, updated_at = now(),
-				status = CASE WHEN $4 THEN 'sending' ELSE 'expanding' END,
-				expanded = $4, expanded_at = CASE WHEN $4 THEN now() END
-			WHERE id = $1`, id, cursor, len(ids), done)
-		if err != nil {
+		// A stopped broadcast keeps its state; resume expands the open ranges.
+		done = !open || !expansionActive(status)
+		finished := !open && expansionActive(status)
+		_, err = tx.Exec(ctx, `UPDATE broadcasts SET audience_size = $2, updated_at = now(),
+				status = CASE WHEN $3 THEN 'sending' ELSE status END,
+				expanded = $3, expanded_at = CASE WHEN $3 THEN now() END
+			WHERE id = $1`, id, size, finished)
+		if err != nil || !finished {
 			return err
 		}
-		if done {
-			return completeIfDone(ctx, tx, id)
-		}
-		return nil
+		return completeIfDone(ctx, tx, id)
 	})
-	return expanded, done, err
-}
-
-// audienceChunk reads the next recipients after the cursor, as of the cut-off.
-func (s *Service) audienceChunk(ctx context.Context, tx pgx.Tx, st *expansionState) (ids []string, emails []*string, err error) {
-	args := &sqlArgs{}
-	var filter *Filter
-	if st.filter != nil {
-		var problems map[string]string
-		if filter, problems = ParseFilter(st.filter, "filter"); len(problems) > 0 {
-			return nil, nil, errors.New("stored broadcast filter does not parse")
-		}
-	}
-	relation, where := audienceSQL(filter, &st.cutoff, args)
-	if st.recipientIDs != nil {
-		where = "r.id = ANY(" + args.add(st.recipientIDs) + "::text[])"
-	}
-	after := ""
-	if st.cursor != nil {
-		after = *st.cursor
-	}
-	q := "SELECT r.id, r.email FROM " + relation + " AS r WHERE r.id > " + args.add(after) + " AND " + where +
-		" ORDER BY r.id LIMIT " + args.add(ExpandChunkSize)
-	rows, err := tx.Query(ctx, q, args.values...)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id string
-		var email *string
-		if err := rows.Scan(&id, &email); err != nil {
-			return nil, nil, err
-		}
-		ids = append(ids, id)
-		emails = append(emails, email)
-	}
-	return ids, emails, rows.Err()
-}
-
-// writeDeliveries inserts one delivery per recipient and channel. Those that
-// cannot or must not be sent are written suppressed with the reason; the rest
-// are pending, and get delivery jobs in the same transaction.
-func (s *Service) writeDeliveries(ctx context.Context, tx pgx.Tx, id int64, st *expansionState, ids []string, emails []*string) error {
-	required := slices.Contains(s.opts.RequiredCategories, st.category)
-	rows, err := tx.Query(ctx, `
-		INSERT INTO deliveries (broadcast_id, recipient_id, channel, status, reason, address)
-		SELECT $1, a.id, ch.channel,
-			CASE WHEN x.reason IS NULL THEN 'pending' ELSE 'suppressed' END, x.reason,
-			CASE WHEN ch.channel = 'email' THEN a.email END
-		FROM unnest($2::text[], $3::text[]) AS a(id, email)
-		CROSS JOIN unnest($4::text[]) AS ch(channel)
-		CROSS JOIN LATERAL (SELECT `+suppressionSQL("a", "$5", "$6", "$7")+` AS reason) x
-		ON CONFLICT DO NOTHING
-		RETURNING id, recipient_id, channel, status`,
-		id, ids, emails, st.channels, st.cutoff, st.category, required)
-	if err != nil {
-		return err
-	}
-	type row struct {
-		id                         int64
-		recipient, channel, status string
-	}
-	var pending []row
-	for rows.Next() {
-		var r row
-		if err := rows.Scan(&r.id, &r.recipient, &r.channel, &r.status); err != nil {
-			return err
-		}
-		if r.status == DeliveryPending {
-			pending = append(pending, r)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	if st.dedupeKey != nil && len(pending) > 0 {
-		dIDs := make([]int64, len(pending))
-		recipients := make([]string, len(pending))
-		channels := make([]string, len(pending))
-		for i, r := range pending {
-			dIDs[i], recipients[i], channels[i] = r.id, r.recipient, r.channel
-		}
-		duplicates, err := claimDedupe(ctx, tx, *st.dedupeKey, dIDs, recipients, channels)
-		if err != nil {
-			return err
-		}
-		if len(duplicates) > 0 {
-			pending = slices.DeleteFunc(pending, func(r row) bool { _, dup := duplicates[r.id]; return dup })
-		}
-	}
-	byChannel := map[string][]int64{}
-	for _, r := range pending {
-		byChannel[r.channel] = append(byChannel[r.channel], r.id)
-	}
-	var batches []DeliveryBatch
-	for _, ch := range st.channels {
-		slices.Sort(byChannel[ch])
-		batches = append(batches, cutBatches(DeliveryBatch{BroadcastID: id, Channel: ch}, byChannel[ch])...)
-	}
-	if len(batches) == 0 {
-		return nil
-	}
-	return s.opts.Enqueuer.EnqueueDeliveriesTx(ctx, tx, batches, false)
+	return done, err
 }
 
 // suppressionSQL is the reason a delivery to recipient row r on channel

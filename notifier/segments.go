@@ -100,6 +100,32 @@ func audienceSQL(f *Filter, asOf *time.Time, args *sqlArgs) (relation, where str
 	return relation, compileFilter(f, args)
 }
 
+// audiencePageSQL returns a query of the next limit recipients (id, email) of an
+// audience as of asOf, in id order after the recipient id after (exclusive) and,
+// when upTo is set, up to upTo (inclusive). where is the audience condition over
+// r (from compileFilter, or a list of ids). The id bound, the condition, the order
+// and the limit sit inside each arm of the UNION ALL as well as outside it, so the
+// plan is a merge of two index scans that stops after limit rows, instead of a scan
+// and sort of the whole directory after the cursor for every page.
+func audiencePageSQL(where string, asOf time.Time, after string, upTo *string, limit int, args *sqlArgs) string {
+	t := args.add(asOf) + "::timestamptz"
+	bound := "r.id > " + args.add(after) + "::text"
+	if upTo != nil {
+		bound += " AND r.id <= " + args.add(*upTo) + "::text"
+	}
+	n := args.add(limit) + "::int"
+	return `SELECT id, email FROM (
+		(SELECT r.id, r.email FROM recipients r
+			WHERE NOT r.erased AND r.valid_from <= ` + t + ` AND ` + bound + ` AND ` + where + `
+			ORDER BY r.id LIMIT ` + n + `)
+		UNION ALL
+		(SELECT r.id, r.email FROM (SELECT recipient_id AS id, email, locale, timezone, attributes, erased, valid_from, valid_to
+				FROM recipient_history) r
+			WHERE NOT r.erased AND r.valid_from <= ` + t + ` AND r.valid_to > ` + t + ` AND ` + bound + ` AND ` + where + `
+			ORDER BY r.id LIMIT ` + n + `)
+	) page ORDER BY id LIMIT ` + n
+}
+
 // CountSegment counts the recipients in a segment as of asOf (nil: now).
 func (s *Service) CountSegment(ctx context.Context, key string, asOf *time.Time) (int64, error) {
 	seg, err := s.FindSegmentByKey(ctx, key)
