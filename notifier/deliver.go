@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -215,79 +214,158 @@ func activeTokens(ctx context.Context, q DB, ids []string) (map[string][]string,
 	return out, rows.Err()
 }
 
+// MaxDeliveryAttempts is how many provider calls a delivery gets before a
+// retryable failure becomes final: failed, reason "gave_up: <reason> after N
+// attempts". Attempts are counted per delivery at claim (ClaimBatch), not per
+// job, so one failing slice of a job costs the other deliveries nothing. A 429
+// is not an attempt (RecordResults gives it back): the provider asked us to
+// wait, and the rate limiter slows the whole provider for it. With the deliver
+// job's backoff (1 s doubling to 1 min, queue/retry.go) 12 attempts span about
+// 7 minutes of consecutive failures.
+const MaxDeliveryAttempts = 12
+
 // RecordOpts says how to treat retryable failures.
 type RecordOpts struct {
-	// FinalAttempt: the job will not run again, so a retryable failure is
-	// recorded as failed rather than put back to pending.
-	FinalAttempt bool
-	Attempts     int
+	// MaxAttempts: a delivery with this many attempts (counted at claim) that
+	// fails retryably gives up (failed, "gave_up: ..."); fewer go back to
+	// pending. 0 means MaxDeliveryAttempts.
+	MaxAttempts int
 }
 
 // RecordSummary counts what RecordResults wrote.
 type RecordSummary struct {
+	// Failed includes deliveries that gave up after MaxAttempts.
 	Sent, Failed, Unknown, Retry int
+	// RetryAttempts is the most attempts among the deliveries put back to
+	// pending for a transient failure (429s excluded): it sets the backoff.
+	RetryAttempts int
 	// RetryAfter is the longest wait a rate-limited provider asked for.
 	RetryAfter time.Duration
 	// RateLimited is set when any message was refused with 429.
 	RateLimited bool
-	// LastError describes one retryable failure, for the job's error.
+	// LastError describes one retryable failure, for logs.
 	LastError error
 }
 
+// Add adds o's counts to sum (over the slices of a job).
+func (sum *RecordSummary) Add(o RecordSummary) {
+	sum.Sent += o.Sent
+	sum.Failed += o.Failed
+	sum.Unknown += o.Unknown
+	sum.Retry += o.Retry
+	sum.RetryAttempts = max(sum.RetryAttempts, o.RetryAttempts)
+	sum.RetryAfter = max(sum.RetryAfter, o.RetryAfter)
+	sum.RateLimited = sum.RateLimited || o.RateLimited
+	if o.LastError != nil {
+		sum.LastError = o.LastError
+	}
+}
+
+// Kinds of outcome RecordResults hands to its statement; "retry" and
+// "rate_limited" are resolved there against each delivery's attempts.
+const (
+	recordRetry       = "retry"
+	recordRateLimited = "rate_limited"
+)
+
 // RecordResults writes what the provider said, in one statement: sent with the
 // provider id; failed with the reason; unknown where the request may have reached
-// the provider (never resent); back to pending for a retry otherwise. Only rows
-// still in sending are touched, so a late record cannot undo a sweep.
+// the provider (never resent); back to pending for a retry otherwise, unless the
+// delivery has used its attempts (then failed, "gave_up: <reason> after N
+// attempts"). A 429 goes back to pending and gives its attempt back. Only rows
+// still in sending are touched, so a late record cannot undo a sweep, and the
+// summary counts only what was written.
 func (s *Service) RecordResults(ctx context.Context, q DB, results []SendResult, opts RecordOpts) (RecordSummary, error) {
 	var sum RecordSummary
+	maxAttempts := opts.MaxAttempts
+	if maxAttempts <= 0 {
+		maxAttempts = MaxDeliveryAttempts
+	}
 	n := len(results)
 	ids := make([]int64, 0, n)
-	statuses := make([]string, 0, n)
+	kinds := make([]string, 0, n)
 	providerIDs := make([]*string, 0, n)
 	reasons := make([]*string, 0, n)
 	lastErrors := make([]*string, 0, n)
+	retryAfter := make(map[int64]time.Duration)
 	var deadTokens []string
 	for _, r := range results {
 		deadTokens = append(deadTokens, r.DeadTokens...)
 		ids = append(ids, r.DeliveryID)
 		if r.Err == nil {
 			pid := r.ProviderID
-			statuses, providerIDs, reasons, lastErrors = append(statuses, DeliverySent), append(providerIDs, &pid), append(reasons, nil), append(lastErrors, nil)
-			sum.Sent++
+			kinds, providerIDs, reasons, lastErrors = append(kinds, DeliverySent), append(providerIDs, &pid), append(reasons, nil), append(lastErrors, nil)
 			continue
 		}
 		se := AsSendError(r.Err)
 		msg := truncate(se.Error(), 500)
 		reason := se.Reason
-		status := DeliveryFailed
+		kind := DeliveryFailed
 		switch {
 		case se.MaybeSent:
-			status = DeliveryUnknown
-			sum.Unknown++
+			kind = DeliveryUnknown
 		case se.Class == Permanent:
-			sum.Failed++
-		case opts.FinalAttempt:
-			reason = "gave_up: " + se.Reason + " after " + strconv.Itoa(opts.Attempts) + " attempts"
-			sum.Failed++
+		case se.Class == RateLimited:
+			kind = recordRateLimited
+			retryAfter[r.DeliveryID] = se.RetryAfter
 		default:
-			status = DeliveryPending
-			sum.Retry++
+			kind = recordRetry
+			retryAfter[r.DeliveryID] = se.RetryAfter
 			sum.LastError = se
-			if se.Class == RateLimited {
-				sum.RateLimited = true
-			}
-			sum.RetryAfter = max(sum.RetryAfter, se.RetryAfter)
 		}
-		statuses, providerIDs, reasons, lastErrors = append(statuses, status), append(providerIDs, nil), append(reasons, &reason), append(lastErrors, &msg)
+		kinds, providerIDs, reasons, lastErrors = append(kinds, kind), append(providerIDs, nil), append(reasons, &reason), append(lastErrors, &msg)
 	}
 	if n > 0 {
-		_, err := q.Exec(ctx, `
-			UPDATE deliveries d SET status = u.status, provider_id = coalesce(u.provider_id, d.provider_id),
-				reason = CASE WHEN u.status = 'pending' THEN d.reason ELSE u.reason END, last_error = u.last_error,
-				finished_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END
-			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, status, provider_id, reason, last_error)
-			WHERE d.id = u.id AND d.status = 'sending'`, ids, statuses, providerIDs, reasons, lastErrors)
+		// The CASEs read the row as it was before the update (attempts as
+		// counted by the claim); RETURNING gives the row as written.
+		rows, err := q.Query(ctx, `
+			UPDATE deliveries d SET
+				status = CASE
+					WHEN u.kind = 'retry' AND d.attempts >= $6 THEN 'failed'
+					WHEN u.kind IN ('retry', 'rate_limited') THEN 'pending'
+					ELSE u.kind END,
+				attempts = CASE WHEN u.kind = 'rate_limited' THEN greatest(d.attempts - 1, 0) ELSE d.attempts END,
+				provider_id = coalesce(u.provider_id, d.provider_id),
+				reason = CASE
+					WHEN u.kind = 'retry' AND d.attempts >= $6 THEN 'gave_up: ' || u.reason || ' after ' || d.attempts || ' attempts'
+					WHEN u.kind IN ('retry', 'rate_limited') THEN d.reason
+					ELSE u.reason END,
+				last_error = u.last_error,
+				finished_at = CASE WHEN u.kind IN ('retry', 'rate_limited') AND NOT (u.kind = 'retry' AND d.attempts >= $6) THEN NULL ELSE now() END
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(id, kind, provider_id, reason, last_error)
+			WHERE d.id = u.id AND d.status = 'sending'
+			RETURNING d.id, d.status, d.attempts, u.kind`, ids, kinds, providerIDs, reasons, lastErrors, maxAttempts)
 		if err != nil {
+			return sum, fmt.Errorf("recording results: %w", err)
+		}
+		for rows.Next() {
+			var (
+				id           int64
+				status, kind string
+				attempts     int
+			)
+			if err := rows.Scan(&id, &status, &attempts, &kind); err != nil {
+				rows.Close()
+				return sum, fmt.Errorf("recording results: %w", err)
+			}
+			switch status {
+			case DeliverySent:
+				sum.Sent++
+			case DeliveryFailed:
+				sum.Failed++
+			case DeliveryUnknown:
+				sum.Unknown++
+			case DeliveryPending:
+				sum.Retry++
+				sum.RetryAfter = max(sum.RetryAfter, retryAfter[id])
+				if kind == recordRateLimited {
+					sum.RateLimited = true
+				} else {
+					sum.RetryAttempts = max(sum.RetryAttempts, attempts)
+				}
+			}
+		}
+		if err := rows.Err(); err != nil {
 			return sum, fmt.Errorf("recording results: %w", err)
 		}
 	}

@@ -65,12 +65,55 @@ type Config struct {
 	InboxRetention time.Duration
 	// EventRetention deletes provider webhook events older than this (0: keep them).
 	EventRetention time.Duration
-	// SendTimeout bounds one provider call; claims older than twice this with no
-	// record are swept to unknown.
+	// SendTimeout bounds one provider call (default 30 s). It also sets the
+	// deliver job's timeout (JobTimeout) and when a claim with no record is
+	// swept to unknown (2x this + 30 s after the claim).
 	SendTimeout time.Duration
+	// RescueAfter is when River re-runs a job still marked running, i.e. whose
+	// process died (default 3 min). It must be at least MinRescueAfter of
+	// SendTimeout, so that a job that is really still running is never re-run
+	// beside itself (see MinRescueAfter).
+	RescueAfter time.Duration
+	// MaxDeliveryAttempts is how many provider calls a delivery gets before a
+	// transient failure is final (default notifier.MaxDeliveryAttempts).
+	MaxDeliveryAttempts int
 	// TracerProvider traces the expand and deliver jobs, as children of the
 	// span that enqueued them (telemetry/tracing.go); nil or no-op: no spans.
 	TracerProvider trace.TracerProvider
+}
+
+// Defaults of the timing settings (NOTIFYD_SEND_TIMEOUT, NOTIFYD_RESCUE_AFTER).
+const (
+	DefaultSendTimeout = 30 * time.Second
+	DefaultRescueAfter = 3 * time.Minute
+)
+
+// jobTimeout bounds every job's run (River cancels its context then): a deliver
+// job starts slices for up to sendTimeout (Work), and the last one may wait up to
+// 3 s for the limiter, then call the provider for up to sendTimeout more; 30 s
+// covers the locks, claims and records on a busy database. An expansion works
+// for 20 s per job.
+func jobTimeout(sendTimeout time.Duration) time.Duration {
+	return 2*sendTimeout + 30*time.Second
+}
+
+// sweepAfter is when a claim with no record is taken for interrupted and swept
+// to unknown: a claim is recorded within one provider call (sendTimeout) and a
+// record (30 s at most, even past the job's timeout, see deliverPart), so an
+// older one belongs to a worker that died.
+func sweepAfter(sendTimeout time.Duration) time.Duration {
+	return 2*sendTimeout + 30*time.Second
+}
+
+// MinRescueAfter is the shortest rescue delay allowed with sendTimeout: the
+// job timeout plus the 30 s a record may take after it. River re-runs a job
+// still marked running after the rescue delay; were that shorter than a job can
+// really run, a slow but live job would run twice at once. The claims would
+// still keep every delivery at most once, but the first run to end could mark
+// the job completed while the second put deliveries back to pending, and those
+// would then wait with no job to retry them.
+func MinRescueAfter(sendTimeout time.Duration) time.Duration {
+	return jobTimeout(sendTimeout) + 30*time.Second
 }
 
 // Limiter paces provider calls and protects providers (see ratelimit.go;
@@ -109,10 +152,20 @@ func New(cfg Config) (*Queue, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.SendTimeout == 0 {
-		cfg.SendTimeout = 30 * time.Second
+		cfg.SendTimeout = DefaultSendTimeout
+	}
+	if cfg.RescueAfter == 0 {
+		cfg.RescueAfter = max(DefaultRescueAfter, MinRescueAfter(cfg.SendTimeout))
+	}
+	if cfg.RescueAfter < MinRescueAfter(cfg.SendTimeout) {
+		return nil, fmt.Errorf("rescue delay %s is shorter than %s, the longest a job can run with a send timeout of %s plus 30 s",
+			cfg.RescueAfter, MinRescueAfter(cfg.SendTimeout), cfg.SendTimeout)
+	}
+	if cfg.MaxDeliveryAttempts == 0 {
+		cfg.MaxDeliveryAttempts = notifier.MaxDeliveryAttempts
 	}
 	if cfg.BulkWorkers == 0 {
-		cfg.BulkWorkers = 16
+		cfg.BulkWorkers = 4
 	}
 	if cfg.TransactionalWorkers == 0 {
 		cfg.TransactionalWorkers = 8
@@ -123,10 +176,10 @@ func New(cfg Config) (*Queue, error) {
 		MaxAttempts: 12,
 		RetryPolicy: retryPolicy{},
 		// Every job is short: a chunk of expansion or one provider batch. A job
-		// whose process died is rescued (run again) after this; the claim makes a
-		// rerun safe.
-		JobTimeout:           2 * time.Minute,
-		RescueStuckJobsAfter: 3 * time.Minute,
+		// whose process died is rescued (run again) after RescueAfter; the claim
+		// makes a rerun safe.
+		JobTimeout:           jobTimeout(cfg.SendTimeout),
+		RescueStuckJobsAfter: cfg.RescueAfter,
 		FetchCooldown:        20 * time.Millisecond,
 		FetchPollInterval:    200 * time.Millisecond,
 	}

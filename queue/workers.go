@@ -51,13 +51,25 @@ type deliverWorker struct {
 }
 
 func (w *deliverWorker) Timeout(*river.Job[DeliverArgs]) time.Duration {
-	return 2*w.q.cfg.SendTimeout + time.Minute
+	return jobTimeout(w.q.cfg.SendTimeout)
 }
 
+// Work delivers the job's batch. With a limiter the batch goes out in slices
+// (deliveryParts), each paced, claimed, sent and recorded on its own. A slice
+// with transient failures does not stop the others: its deliveries go back to
+// pending (or give up, each at its own MaxDeliveryAttempts, see RecordResults)
+// and, once every slice has had its turn, the job snoozes for a backoff and
+// comes back for what is pending. A snooze is not a River attempt; River's
+// attempts are left for what is not a delivery's fault (the database, a crash).
+//
+// The job terminates: every run either sends a delivery, fails it, or uses one
+// of its attempts. The exceptions are a provider that answers 429 or is
+// blocked (backoff, open breaker), which wait without using attempts, as an
+// outage must not fail deliveries; a cancel or pause stops those too.
 func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) (err error) {
 	b := job.Args.DeliveryBatch
 	ctx, span := w.q.startJobSpan(ctx, "notifyd.deliver", job.JobRow)
-	var total notifier.RecordSummary // over the slices, for the span
+	var total notifier.RecordSummary // over the slices
 	if span.IsRecording() {
 		span.SetAttributes(batchAttributes(b)...)
 	}
@@ -82,7 +94,7 @@ func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) (
 		if i > 0 && time.Since(started) > w.q.cfg.SendTimeout {
 			// A long paced batch continues in a later run, well inside the job's
 			// timeout; what is left is still pending. Not an attempt.
-			return river.JobSnooze(time.Second)
+			return river.JobSnooze(retrySnooze(total, time.Second))
 		}
 		partCtx, slice := ctx, trace.Span(nil)
 		if len(parts) > 1 && span.IsRecording() {
@@ -90,20 +102,39 @@ func (w *deliverWorker) Work(ctx context.Context, job *river.Job[DeliverArgs]) (
 			partCtx, slice = telemetry.StartSpan(ctx, "notifyd.deliver.slice", trace.SpanKindInternal)
 			slice.SetAttributes(batchAttributes(part)...)
 		}
-		sum, err := w.deliverPart(partCtx, job, channel, part, perBroadcast)
-		total.Sent += sum.Sent
-		total.Failed += sum.Failed
-		total.Unknown += sum.Unknown
-		total.Retry += sum.Retry
+		sum, err := w.deliverPart(partCtx, channel, part, perBroadcast)
+		total.Add(sum)
 		if slice != nil {
 			slice.SetAttributes(summaryAttributes(sum)...)
 			endJobSpan(slice, err)
 		}
 		if err != nil {
+			// The provider is blocked (a snooze) or the database failed: the
+			// remaining slices are still pending and go out in a later run.
 			return err
 		}
 	}
+	if total.Retry > 0 {
+		w.q.cfg.Logger.InfoContext(ctx, "deliveries back to pending for a retry", "broadcast_id", b.BroadcastID,
+			"notification_id", b.NotificationID, "channel", b.Channel, "retry", total.Retry,
+			"attempts", total.RetryAttempts, "rate_limited", total.RateLimited, "error", total.LastError)
+		return river.JobSnooze(retrySnooze(total, 0))
+	}
 	return nil
+}
+
+// retrySnooze is how long a job waits before retrying what its run put back to
+// pending: the backoff of the most-tried of those deliveries (retry.go), and at
+// least the provider's Retry-After after a 429. Without retries it is floor.
+func retrySnooze(sum notifier.RecordSummary, floor time.Duration) time.Duration {
+	d := floor
+	if sum.RetryAttempts > 0 {
+		d = max(d, retryDelay(sum.RetryAttempts))
+	}
+	if sum.RateLimited {
+		d = max(d, sum.RetryAfter, time.Second)
+	}
+	return d
 }
 
 // batchAttributes and summaryAttributes describe a delivery slice on its span.
@@ -126,7 +157,7 @@ func summaryAttributes(sum notifier.RecordSummary) []attribute.KeyValue {
 
 // deliverPart paces, claims, sends and records one slice; the summary counts
 // what was recorded (zero when nothing was sent).
-func (w *deliverWorker) deliverPart(ctx context.Context, job *river.Job[DeliverArgs], channel notifier.Channel, b notifier.DeliveryBatch, perBroadcast *float64) (notifier.RecordSummary, error) {
+func (w *deliverWorker) deliverPart(ctx context.Context, channel notifier.Channel, b notifier.DeliveryBatch, perBroadcast *float64) (notifier.RecordSummary, error) {
 	var none notifier.RecordSummary
 	svc, log, lim := w.q.svc, w.q.cfg.Logger, w.q.cfg.Limiter
 	// Pace before taking the send lock: a batch waiting for its turn must not
@@ -179,8 +210,7 @@ func (w *deliverWorker) deliverPart(ctx context.Context, job *river.Job[DeliverA
 	// must not be lost.
 	recordCtx, cancelRecord := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancelRecord()
-	final := job.Attempt >= job.MaxAttempts
-	sum, err := svc.RecordResults(recordCtx, conn, results, notifier.RecordOpts{FinalAttempt: final, Attempts: job.Attempt})
+	sum, err := svc.RecordResults(recordCtx, conn, results, notifier.RecordOpts{MaxAttempts: w.q.cfg.MaxDeliveryAttempts})
 	if err != nil {
 		return none, err
 	}
@@ -205,13 +235,8 @@ func (w *deliverWorker) deliverPart(ctx context.Context, job *river.Job[DeliverA
 			log.WarnContext(ctx, "rate limiter update failed", "channel", b.Channel, "error", err)
 		}
 	}
-	if sum.Retry > 0 {
-		if sum.RateLimited {
-			// Not an attempt: the provider asked us to wait.
-			return sum, river.JobSnooze(max(sum.RetryAfter, time.Second))
-		}
-		return sum, fmt.Errorf("%d deliveries to retry: %w", sum.Retry, sum.LastError)
-	}
+	// Deliveries back to pending are the job's to retry once its other slices
+	// have gone out (Work); they are not an error of this slice.
 	return sum, nil
 }
 
@@ -223,7 +248,7 @@ type maintenanceWorker struct {
 
 func (w *maintenanceWorker) Work(ctx context.Context, job *river.Job[MaintenanceArgs]) error {
 	svc, log := w.q.svc, w.q.cfg.Logger
-	swept, err := svc.SweepInterrupted(ctx, 2*w.q.cfg.SendTimeout+30*time.Second)
+	swept, err := svc.SweepInterrupted(ctx, sweepAfter(w.q.cfg.SendTimeout))
 	if err != nil {
 		return err
 	}
