@@ -70,7 +70,10 @@ const (
 // delay (3 min) and interrupted claims are swept to unknown after 90 s.
 var cxKnobs = []struct{ env, value, what string }{
 	{"NOTIFYD_SEND_TIMEOUT", "10s", "bounds a provider call; interrupted claims are swept to unknown 2x this + 30 s after the claim"},
-	{"NOTIFYD_RESCUE_AFTER", "30s", "River rescues (re-runs) the jobs of a killed worker after this"},
+	// The shortest notifyd accepts with a 10 s send timeout (2x + 1 min: no job
+	// runs that long, so no live job is re-run); River's rescuer looks every
+	// 30 s, so a killed worker's jobs come back 80-110 s after the kill.
+	{"NOTIFYD_RESCUE_AFTER", "80s", "River rescues (re-runs) the jobs of a killed worker after this"},
 }
 
 type cxOptions struct {
@@ -847,9 +850,9 @@ func (r *cxRun) stopProcesses() {
 // PostgreSQL.
 
 // restartPostgres restarts the cluster in place (same port) and returns once a
-// new postmaster takes connections. localpg's Restart may not return by itself
-// (see the report), so it runs aside and the new server is detected by its
-// start time.
+// new postmaster takes connections, detected by its start time: pg_ctl -w
+// returns when the server accepts connections, but the run confirms it from the
+// outside, as the workers see it.
 func (r *cxRun) restartPostgres(ctx context.Context) (time.Duration, error) {
 	var before time.Time
 	if err := r.pool.QueryRow(ctx, "SELECT pg_postmaster_start_time()").Scan(&before); err != nil {

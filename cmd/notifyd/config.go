@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/notifier"
+	"github.com/notifyd/notifyd/queue"
 )
 
 // config is every setting of notifyd. Each flag also reads an environment
@@ -40,6 +41,11 @@ type config struct {
 	InboxRetention     time.Duration
 	EventRetention     time.Duration
 	ShutdownTimeout    time.Duration
+	SendTimeout        time.Duration
+	RescueAfter        time.Duration
+	// envErrs are environment values that do not parse (validate reports
+	// them): a typo in a variable must not silently become the default.
+	envErrs []error
 }
 
 // setting describes one flag and its environment variable.
@@ -57,8 +63,13 @@ func bindConfig(fs *flag.FlagSet, getenv func(string) string, c *config) {
 		fs.StringVar(p, name, def, usage+" ("+env+")")
 	}
 	num := func(p *float64, name, env string, def float64, usage string) {
-		if v, err := strconv.ParseFloat(getenv(env), 64); err == nil {
-			def = v
+		if raw := getenv(env); raw != "" {
+			v, err := strconv.ParseFloat(raw, 64)
+			if err != nil {
+				c.envErrs = append(c.envErrs, fmt.Errorf("%s must be a number, not %q", env, raw))
+			} else {
+				def = v
+			}
 		}
 		fs.Float64Var(p, name, def, usage+" ("+env+")")
 	}
@@ -80,29 +91,41 @@ func bindConfig(fs *flag.FlagSet, getenv func(string) string, c *config) {
 	str(&c.PprofAddr, "pprof-addr", "NOTIFYD_PPROF_ADDR", "", "listen address for net/http/pprof, e.g. 127.0.0.1:6060 (off when empty)")
 	str(&c.FrequencyCaps, "frequency-caps", "NOTIFYD_FREQUENCY_CAPS", "", "per-category caps per recipient and channel, e.g. marketing=3/24h,news=10/168h")
 	str(&c.LogFormat, "log-format", "NOTIFYD_LOG_FORMAT", "json", "log format: json or text")
-	workers := 16
-	if v, err := strconv.Atoi(getenv("NOTIFYD_BULK_WORKERS")); err == nil {
-		workers = v
+	// 4 bulk workers deliver as fast as 16 on 2 cores with about half the
+	// memory (docs/benchmarks.md, "Peak RSS"); raise it with more cores.
+	workers := 4
+	if raw := getenv("NOTIFYD_BULK_WORKERS"); raw != "" {
+		v, err := strconv.Atoi(raw)
+		if err != nil {
+			c.envErrs = append(c.envErrs, fmt.Errorf("NOTIFYD_BULK_WORKERS must be a whole number, not %q", raw))
+		} else {
+			workers = v
+		}
 	}
 	fs.IntVar(&c.BulkWorkers, "bulk-workers", workers, "broadcast delivery batches worked at once per process (NOTIFYD_BULK_WORKERS)")
 	durFlag := func(p *time.Duration, name, env string, def time.Duration, usage string) {
-		if v, err := time.ParseDuration(getenv(env)); err == nil {
-			def = v
+		if raw := getenv(env); raw != "" {
+			v, err := time.ParseDuration(raw)
+			if err != nil {
+				c.envErrs = append(c.envErrs, fmt.Errorf("%s must be a duration like 30s or 2m, not %q", env, raw))
+			} else {
+				def = v
+			}
 		}
 		fs.DurationVar(p, name, def, usage+" ("+env+")")
 	}
 	durFlag(&c.InboxRetention, "inbox-retention", "NOTIFYD_INBOX_RETENTION", 90*24*time.Hour, "delete inbox items older than this; 0 keeps them")
 	durFlag(&c.EventRetention, "event-retention", "NOTIFYD_EVENT_RETENTION", 30*24*time.Hour, "delete provider webhook events older than this; 0 keeps them")
-	dur := 30 * time.Second
-	if v, err := time.ParseDuration(getenv("NOTIFYD_SHUTDOWN_TIMEOUT")); err == nil {
-		dur = v
-	}
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", dur, "how long SIGTERM waits for in-flight requests and jobs (NOTIFYD_SHUTDOWN_TIMEOUT)")
+	durFlag(&c.ShutdownTimeout, "shutdown-timeout", "NOTIFYD_SHUTDOWN_TIMEOUT", 30*time.Second, "how long SIGTERM waits for in-flight requests and jobs")
+	durFlag(&c.SendTimeout, "send-timeout", "NOTIFYD_SEND_TIMEOUT", queue.DefaultSendTimeout,
+		"bounds one provider call; a claim never recorded is swept to unknown 2x this + 30s after it")
+	durFlag(&c.RescueAfter, "rescue-after", "NOTIFYD_RESCUE_AFTER", queue.DefaultRescueAfter,
+		"re-run the jobs of a worker that died after this; at least 2x the send timeout + 1m")
 }
 
 // validate checks the settings a serving process needs, naming the variable at fault.
 func (c *config) validate() error {
-	var errs []error
+	errs := append([]error(nil), c.envErrs...)
 	if c.Role != "all" && c.Role != "api" && c.Role != "worker" {
 		errs = append(errs, fmt.Errorf("NOTIFYD_ROLE (--role) must be all, api or worker, not %q", c.Role))
 	}
@@ -136,6 +159,14 @@ func (c *config) validate() error {
 	}
 	if c.BulkWorkers < 1 || c.BulkWorkers > 1000 {
 		errs = append(errs, fmt.Errorf("NOTIFYD_BULK_WORKERS must be 1 to 1000, not %d", c.BulkWorkers))
+	}
+	if c.SendTimeout < time.Second || c.SendTimeout > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("NOTIFYD_SEND_TIMEOUT must be 1s to 10m, not %s", c.SendTimeout))
+	} else if minRescue := queue.MinRescueAfter(c.SendTimeout); c.RescueAfter < minRescue {
+		// A shorter rescue would re-run jobs that are still running (see
+		// queue.MinRescueAfter).
+		errs = append(errs, fmt.Errorf("NOTIFYD_RESCUE_AFTER must be at least %s (2x NOTIFYD_SEND_TIMEOUT + 1m, the longest a job can run), not %s",
+			minRescue, c.RescueAfter))
 	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("NOTIFYD_LOG_FORMAT must be json or text, not %q", c.LogFormat))
