@@ -362,26 +362,26 @@ func (s *Service) findBroadcastTx(ctx context.Context, q DB, id int64) (*Broadca
 	if err != nil {
 		return nil, err
 	}
-	rows, err := q.Query(ctx, `SELECT channel, status, count(*) FROM deliveries WHERE broadcast_id = $1 GROUP BY channel, status`, id)
+	// From the counters (migration 008), not a scan of the deliveries.
+	byChannel, err := deliveryCounts(ctx, q, id)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
 	var total ChannelCounts
-	for rows.Next() {
-		var channel, status string
-		var n int64
-		if err := rows.Scan(&channel, &status, &n); err != nil {
-			return nil, err
-		}
-		c := b.Channels[channel]
-		c.add(status, n)
+	for channel, c := range byChannel {
 		b.Channels[channel] = c
-		total.add(status, n)
+		total.Deliveries += c.Deliveries
+		total.Pending += c.Pending
+		total.Sending += c.Sending
+		total.Sent += c.Sent
+		total.Failed += c.Failed
+		total.Suppressed += c.Suppressed
+		total.Cancelled += c.Cancelled
+		total.Unknown += c.Unknown
 	}
 	b.Counts = Counts{Recipients: b.Counts.Recipients, Deliveries: total.Deliveries, Pending: total.Pending, Sending: total.Sending,
 		Sent: total.Sent, Failed: total.Failed, Suppressed: total.Suppressed, Cancelled: total.Cancelled, Unknown: total.Unknown}
-	return b, rows.Err()
+	return b, nil
 }
 
 // BroadcastFilter selects broadcasts for FindBroadcasts.

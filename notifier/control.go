@@ -142,6 +142,11 @@ func (s *Service) applyControl(ctx context.Context, tx pgx.Tx, id int64, action,
 	}
 	switch action {
 	case ActionCancel:
+		// Rare: reading all the broadcast's deliveries by its unique index is
+		// fine; the counters spare it when nothing is pending.
+		if pending, err := pendingCount(ctx, tx, id); err != nil || pending == 0 {
+			return err
+		}
 		_, err := tx.Exec(ctx, `UPDATE deliveries SET status = 'cancelled', reason = 'cancelled', finished_at = now()
 			WHERE broadcast_id = $1 AND status = 'pending'`, id)
 		return err
@@ -164,20 +169,30 @@ func (s *Service) applyControl(ctx context.Context, tx pgx.Tx, id int64, action,
 // deliveries. Older jobs for the same rows may still run: the claim lets each
 // delivery through once.
 func (s *Service) enqueuePending(ctx context.Context, tx pgx.Tx, id int64) error {
-	var channels []string
-	if err := tx.QueryRow(ctx, `SELECT channels FROM broadcasts WHERE id = $1`, id).Scan(&channels); err != nil {
+	pending, err := pendingCount(ctx, tx, id)
+	if err != nil {
 		return err
 	}
-	for _, ch := range channels {
-		rows, err := tx.Query(ctx, `SELECT id FROM deliveries WHERE broadcast_id = $1 AND status = 'pending' AND channel = $2 ORDER BY id`, id, ch)
+	if pending > 0 {
+		// One pass over the broadcast's deliveries (its unique index), all channels.
+		rows, err := tx.Query(ctx, `SELECT channel, id FROM deliveries WHERE broadcast_id = $1 AND status = 'pending' ORDER BY channel, id`, id)
 		if err != nil {
 			return err
 		}
-		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
+		byChannel := map[string][]int64{}
+		var channel string
+		var did int64
+		if _, err := pgx.ForEachRow(rows, []any{&channel, &did}, func() error {
+			byChannel[channel] = append(byChannel[channel], did)
+			return nil
+		}); err != nil {
 			return err
 		}
-		if batches := cutBatches(DeliveryBatch{BroadcastID: id, Channel: ch}, ids); len(batches) > 0 {
+		var batches []DeliveryBatch
+		for _, ch := range channelNames {
+			batches = append(batches, cutBatches(DeliveryBatch{BroadcastID: id, Channel: ch}, byChannel[ch])...)
+		}
+		if len(batches) > 0 {
 			if err := s.opts.Enqueuer.EnqueueDeliveriesTx(ctx, tx, batches, false); err != nil {
 				return err
 			}
@@ -186,37 +201,30 @@ func (s *Service) enqueuePending(ctx context.Context, tx pgx.Tx, id int64) error
 	return completeIfDone(ctx, tx, id)
 }
 
+// pendingCount is how many of a broadcast's deliveries are pending, from the
+// counters.
+func pendingCount(ctx context.Context, q DB, id int64) (int64, error) {
+	var n int64
+	err := q.QueryRow(ctx, `SELECT coalesce(sum(n), 0)::bigint FROM delivery_counts WHERE broadcast_id = $1 AND status = 'pending'`, id).Scan(&n)
+	return n, err
+}
+
 func controlCounts(ctx context.Context, q DB, id int64) (ControlCounts, error) {
-	var c ControlCounts
-	rows, err := q.Query(ctx, `SELECT status, count(*) FROM deliveries WHERE broadcast_id = $1 GROUP BY status`, id)
+	byChannel, err := deliveryCounts(ctx, q, id)
 	if err != nil {
-		return c, err
+		return ControlCounts{}, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var status string
-		var n int64
-		if err := rows.Scan(&status, &n); err != nil {
-			return c, err
-		}
-		switch status {
-		case DeliverySent:
-			c.Sent = n
-		case DeliverySending:
-			c.InFlight = n
-		case DeliveryPending:
-			c.Pending = n
-		case DeliveryCancelled:
-			c.Cancelled = n
-		case DeliveryFailed:
-			c.Failed = n
-		case DeliverySuppressed:
-			c.Suppressed = n
-		case DeliveryUnknown:
-			c.Unknown = n
-		}
+	var c ControlCounts
+	for _, n := range byChannel {
+		c.Sent += n.Sent
+		c.InFlight += n.Sending
+		c.Pending += n.Pending
+		c.Cancelled += n.Cancelled
+		c.Failed += n.Failed
+		c.Suppressed += n.Suppressed
+		c.Unknown += n.Unknown
 	}
-	return c, rows.Err()
+	return c, nil
 }
 
 // AuditEntry is one operator action.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -46,13 +47,33 @@ func TestMetricsAgreeWithTheAPI(t *testing.T) {
 	_, _, created := e.call(t, "POST", "/v1/broadcasts", "metrics-1", broadcastBody("measured"))
 	e.call(t, "POST", "/v1/broadcasts", "metrics-1", broadcastBody("measured")) // a replay
 	final := e.waitStatus(t, created["id"], "completed", time.Minute)
+	// A notification's deliveries count in the totals too.
+	_, _, note := e.call(t, "POST", "/v1/notifications", "metrics-note", map[string]any{
+		"recipient": "m00001", "category": "security", "channels": []string{"email"},
+		"email": map[string]any{"subject": "Code", "text": "1234"},
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, _, n := e.call(t, "GET", fmt.Sprintf("/v1/notifications/%v", note["id"]), "", nil)
+		if n["status"] == "completed" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("notification never completed: %v", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	body := e.scrape(t)
 	for _, ch := range []string{"email", "push"} {
 		api := final["channels"].(map[string]any)[ch].(map[string]any)
 		got := metricValue(t, body, fmt.Sprintf(`notifyd_deliveries{channel="%s",status="sent"}`, ch))
-		if got != api["sent"].(float64) || got != 120 {
-			t.Fatalf("%s: /metrics says %v sent, the API %v", ch, got, api["sent"])
+		notes := map[string]float64{"email": 1}[ch]
+		if got != api["sent"].(float64)+notes || got != 120+notes {
+			t.Fatalf("%s: /metrics says %v sent, the API %v (+%v of the notification)", ch, got, api["sent"], notes)
 		}
+	}
+	if strings.Contains(body, "notifyd_broadcast_open_deliveries{") {
+		t.Fatalf("open deliveries reported for a completed broadcast:\n%s", body)
 	}
 	if v := metricValue(t, body, `notifyd_idempotent_replays_total{request="POST /v1/broadcasts"}`); v != 1 {
 		t.Fatalf("replays = %v, want 1", v)

@@ -195,13 +195,15 @@ func (c *dbCollector) fetch(ctx context.Context) ([]prometheus.Metric, error) {
 		desc *prometheus.Desc
 		sql  string
 	}{
-		{c.deliveries, `SELECT channel, status, count(*)::float8 FROM deliveries GROUP BY 1, 2`},
+		// delivery_counts (migration 008) holds the deliveries' counts as deltas
+		// kept by triggers: a few rows per broadcast, not a scan of deliveries.
+		{c.deliveries, `SELECT channel, status, sum(n)::float8 FROM delivery_counts GROUP BY 1, 2 HAVING sum(n) <> 0`},
 		{c.queueDepth, `SELECT queue, state::text, count(*)::float8 FROM river_job
 			WHERE state IN ('available', 'scheduled', 'retryable', 'running') GROUP BY 1, 2`},
 		{c.oldestAge, `SELECT queue, extract(epoch FROM now() - min(scheduled_at))::float8 FROM river_job
 			WHERE state = 'available' GROUP BY 1`},
-		{c.broadcastProgress, `SELECT broadcast_id::text, count(*)::float8 FROM deliveries
-			WHERE status IN ('pending', 'sending') AND broadcast_id IS NOT NULL GROUP BY 1`},
+		{c.broadcastProgress, `SELECT broadcast_id::text, sum(n)::float8 FROM delivery_counts
+			WHERE status IN ('pending', 'sending') AND broadcast_id <> 0 GROUP BY 1 HAVING sum(n) <> 0`},
 		{c.broadcasts, `SELECT status, count(*)::float8 FROM broadcasts GROUP BY 1`},
 		// The provider rows of the shared limiter (queue/ratelimit.go).
 		{c.providerRate, `SELECT key, rate FROM provider_limits WHERE key NOT LIKE 'broadcast:%'`},
