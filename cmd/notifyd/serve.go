@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"runtime/debug"
 	"slices"
 	"time"
 
@@ -39,11 +38,6 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	logger := newLogger(c.LogFormat, stderr)
-	if getenv("GOMEMLIMIT") == "" {
-		// A soft limit: the GC returns idle heap before RSS nears the 150 MB
-		// a process is budgeted, instead of waiting for GOGC's next doubling.
-		debug.SetMemoryLimit(serveMemoryLimit)
-	}
 	tracing, stopTracing, err := startTracing(ctx, getenv, logger)
 	if err != nil {
 		return err
@@ -240,10 +234,6 @@ func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *s
 	}
 	return channels, nil
 }
-
-// serveMemoryLimit is the Go runtime's soft memory limit in serve when
-// GOMEMLIMIT is not set.
-const serveMemoryLimit = 120 << 20
 
 // providerConnsPerHost is the most connections to one provider host per process
 // (HTTP/1.1; over HTTP/2 they carry many requests each).
