@@ -62,7 +62,6 @@ type expansionState struct {
 // rangeOutcome is what the expansion of one range came to in one call.
 type rangeOutcome struct {
 	recipients int
-	stopped    bool
 	err        error
 }
 
@@ -169,8 +168,9 @@ func expansionActive(status string) bool {
 func (s *Service) planRanges(ctx context.Context, tx pgx.Tx, id int64, st *expansionState, cfg expandConfig) error {
 	if st.cursor != nil {
 		// An expansion begun with the single cursor of earlier versions goes on
-		// from it, as one range.
-		_, err := tx.Exec(ctx, `INSERT INTO expand_ranges (broadcast_id, lo, hi, cursor) VALUES ($1, '', NULL, $2)`, id, *st.cursor)
+		// from it, as one range that has its audience so far.
+		_, err := tx.Exec(ctx, `INSERT INTO expand_ranges (broadcast_id, lo, hi, cursor, recipients)
+			SELECT id, '', NULL, expand_cursor, audience_size FROM broadcasts WHERE id = $1`, id)
 		return err
 	}
 	var ids []string
@@ -218,7 +218,6 @@ func (s *Service) expandRange(ctx context.Context, id int64, st *expansionState,
 	for {
 		n, done, stopped, err := s.expandChunk(ctx, id, st, lo, chunk)
 		out.recipients += n
-		out.stopped = stopped
 		if err != nil {
 			out.err = err
 			return out

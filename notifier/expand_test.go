@@ -385,3 +385,29 @@ func TestExpandStopsOnPauseAndCancel(t *testing.T) {
 		t.Fatalf("cancelled broadcast: %d deliveries (want 80), %d pending (want 0), audience_size %d (want 40)", all, open, size)
 	}
 }
+
+func TestExpandGoesOnFromTheCursorOfAnEarlierVersion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupExpand(t, 100)
+	id := b.broadcast(t, "news", nil, nil, nil)
+	// Expanded up to r00040 by a version with one cursor per broadcast (and sent).
+	for _, q := range []string{
+		`UPDATE broadcasts SET status = 'expanding', expand_cursor = 'r00040', audience_size = 40 WHERE id = $1`,
+		`INSERT INTO deliveries (broadcast_id, recipient_id, channel, status)
+			SELECT $1, id, ch, 'sent' FROM recipients, unnest('{email,push}'::text[]) ch WHERE id <= 'r00040'`,
+	} {
+		if _, err := b.pool.Exec(ctx, q, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.expandAll(t, b.svc, id, expandConfig{chunk: 7, ranges: 4})
+	b.checkExpanded(t, id)
+	var ranges int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM expand_ranges WHERE broadcast_id = $1`, id).Scan(&ranges); err != nil {
+		t.Fatal(err)
+	}
+	if ranges != 1 {
+		t.Fatalf("%d ranges, want the one that goes on from the cursor", ranges)
+	}
+}
