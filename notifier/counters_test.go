@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"testing"
 	"time"
 
@@ -368,4 +369,105 @@ func TestSweepOnlyTakesOldClaims(t *testing.T) {
 	if n := b.count(t, `SELECT count(*) FROM delivery_counts WHERE status = 'sending' AND n > 0 AND first_id IS NOT NULL`); n != 0 {
 		t.Fatalf("%d claims left for the sweep after it took them all", n)
 	}
+}
+
+// Claims, records, an expansion and the sweep's folding at the same time leave
+// the counters exact: the delta rows are only inserted, and folding replaces
+// the rows it deleted in the same statement.
+func TestDeliveryCountsUnderConcurrentWriters(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setupEndUsers(t)
+	var all []string
+	for i := 1; i <= 300; i++ {
+		all = append(all, fmt.Sprintf("c%03d", i))
+	}
+	var inputs []notifier.RecipientInput
+	for _, id := range all {
+		inputs = append(inputs, notifier.RecipientInput{ID: id, Email: id + "@example.test"})
+	}
+	if _, err := b.svc.PutRecipients(ctx, inputs); err != nil {
+		t.Fatal(err)
+	}
+	first := b.expandedBroadcast(t, "", []string{"email"}, all...)
+	var parts []notifier.DeliveryBatch
+	for _, batch := range b.enq.of(first) {
+		for lo := batch.FirstID; lo <= batch.LastID; lo += 10 {
+			p := batch
+			p.FirstID, p.LastID = lo, min(lo+9, batch.LastID)
+			parts = append(parts, p)
+		}
+	}
+	second, err := b.svc.CreateBroadcast(ctx, b.key, notifier.BroadcastInput{
+		Name: "b", Category: "news", Recipients: all, Channels: []string{"email"},
+		Email: &notifier.EmailContent{Subject: "Hello", Text: "Hi"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan struct{})
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	work := func(fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	next := make(chan notifier.DeliveryBatch, len(parts))
+	for _, p := range parts {
+		next <- p
+	}
+	close(next)
+	var senders sync.WaitGroup
+	for range 4 {
+		senders.Add(1)
+		work(func() error {
+			defer senders.Done()
+			for p := range next {
+				c, err := b.svc.ClaimBatch(ctx, b.pool, p)
+				if err != nil {
+					return err
+				}
+				var results []notifier.SendResult
+				for i, m := range c.Messages {
+					r, _ := mixed(i % 3) // sent, failed, back to pending
+					r.DeliveryID = m.DeliveryID
+					results = append(results, *r)
+				}
+				if _, err := b.svc.RecordResults(ctx, b.pool, results, notifier.RecordOpts{}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	work(func() error {
+		_, err := b.svc.ExpandBroadcast(ctx, second.ID, time.Minute)
+		return err
+	})
+	work(func() error {
+		for {
+			select {
+			case <-done:
+				return nil
+			default:
+			}
+			if _, err := b.svc.SweepInterrupted(ctx, 1000*time.Hour); err != nil {
+				return err
+			}
+		}
+	})
+	senders.Wait()
+	close(done)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	b.checkCounts(t, "after concurrent claims, records, expansion and folds")
 }
