@@ -74,5 +74,8 @@ DROP INDEX deliveries_open;
 CREATE INDEX deliveries_by_broadcast ON deliveries (broadcast_id, id) WHERE broadcast_id IS NOT NULL;
 
 -- Room on each page for a claim's and a record's new row versions (HOT updates
--- need them on the same page); applies to pages written from now on.
-ALTER TABLE deliveries SET (fillfactor = 50);
+-- need them on the same page); applies to pages written from now on. In a
+-- 200,000-recipient bench: fill factor 80, 34% of the updates HOT; 50, 83%;
+-- 40, 96%; 30, 99.9%. The table was smallest at 40 (110 MB; 50: 116 MB, 80:
+-- 121-130 MB, bloated by the other updates; 30: 136 MB).
+ALTER TABLE deliveries SET (fillfactor = 40);
