@@ -48,7 +48,10 @@ type expandConfig struct {
 // chunk per transaction; each chunk advances its range's cursor in the same
 // transaction, so a crash or a second expander resumes without duplicates.
 func (s *Service) ExpandBroadcast(ctx context.Context, id int64, budget time.Duration) (ExpandResult, error) {
-	return s.expand(ctx, id, budget, expandConfig{chunk: ExpandChunkSize, ranges: ExpandRanges})
+	// Each range holds a connection while it writes a chunk: leave at least half
+	// of the pool to the delivery workers.
+	ranges := min(ExpandRanges, max(1, int(s.pool.Config().MaxConns)/2))
+	return s.expand(ctx, id, budget, expandConfig{chunk: ExpandChunkSize, ranges: ranges})
 }
 
 // expansionState is what a chunk needs to know about its broadcast.
