@@ -427,7 +427,7 @@ func (r *cxRun) run(ctx context.Context) (*cxReport, error) {
 	r.rep = &cxReport{}
 	r.say("notifyd chaos: %s + %s recipients (email and push), 1 API + %d worker processes, a %s chaos phase",
 		bcThousands(int64(o.recipients)), bcThousands(int64(o.cancelRecipients)), o.workers, o.duration)
-	r.say("kills at %s; PostgreSQL restart (%s) at %s; cancel of the second broadcast at %s; provider faults: %.0f%% 500, %.0f%% 429 (Retry-After %s), %.0f%% time out",
+	r.say("kills at %s; PostgreSQL restart (%s) at %s; cancel of the second broadcast at %s; provider faults: %.1f%% 500, %.1f%% 429 (Retry-After %s), %.1f%% time out",
 		cxOffsets(o.killTimes()), o.pgMode, cxOffset(o.duration*35/100), cxOffset(o.duration*45/100),
 		o.fail500*100, o.rateLimit*100, o.retryAfter, o.timeoutRate*100)
 	setupStart := time.Now()
