@@ -386,6 +386,7 @@ func (s *Service) writeChunk(ctx context.Context, tx pgx.Tx, id int64, st *expan
 // completed if nothing is left to send). done: nothing is left to expand, or the
 // broadcast was stopped.
 func (s *Service) finishExpansion(ctx context.Context, id int64) (done bool, err error) {
+	finished := false
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var status string
 		var isExpanded bool
@@ -409,17 +410,20 @@ func (s *Service) finishExpansion(ctx context.Context, id int64) (done bool, err
 		}
 		// A stopped broadcast keeps its state; resume expands the open ranges.
 		done = !open || !expansionActive(status)
-		finished := !open && expansionActive(status)
+		finished = !open && expansionActive(status)
 		_, err = tx.Exec(ctx, `UPDATE broadcasts SET audience_size = $2, updated_at = now(),
 				status = CASE WHEN $3 THEN 'sending' ELSE status END,
 				expanded = $3, expanded_at = CASE WHEN $3 THEN now() END
 			WHERE id = $1`, id, size, finished)
-		if err != nil || !finished {
-			return err
-		}
-		return completeIfDone(ctx, tx, id)
+		return err
 	})
-	return done, err
+	if err != nil || !finished {
+		return done, err
+	}
+	// After the commit, not inside it: a batch that records its last results
+	// while this transaction is open looks at the broadcast as it was
+	// (expanding) and leaves completion to us, so we must look after it has.
+	return done, completeIfDone(ctx, s.pool, id)
 }
 
 // suppressionSQL is the reason a delivery to recipient row r on channel
