@@ -26,7 +26,9 @@ import (
 // backlog never stands in front of them.
 const (
 	QueueTransactional = "transactional"
-	QueueBulk          = "bulk"
+	// QueueBulk is the prefix of the broadcast delivery queues, one per channel
+	// (see BulkQueue).
+	QueueBulk = "bulk"
 	QueueExpand        = "expand"
 	QueueMaintenance   = "maintenance"
 )
@@ -191,9 +193,11 @@ func New(cfg Config) (*Queue, error) {
 		riverCfg.Workers = workers
 		riverCfg.Queues = map[string]river.QueueConfig{
 			QueueTransactional: {MaxWorkers: cfg.TransactionalWorkers},
-			QueueBulk:          {MaxWorkers: cfg.BulkWorkers},
 			QueueExpand:        {MaxWorkers: 2},
 			QueueMaintenance:   {MaxWorkers: 1},
+		}
+		for _, channel := range []string{notifier.ChannelEmail, notifier.ChannelPush, notifier.ChannelInbox} {
+			riverCfg.Queues[BulkQueue(channel)] = river.QueueConfig{MaxWorkers: cfg.BulkWorkers}
 		}
 		riverCfg.PeriodicJobs = []*river.PeriodicJob{
 			river.NewPeriodicJob(river.PeriodicInterval(15*time.Second), func() (river.JobArgs, *river.InsertOpts) {
@@ -252,16 +256,26 @@ func (q *Queue) EnqueueExpandTx(ctx context.Context, tx pgx.Tx, broadcastID int6
 	return err
 }
 
+// BulkQueue is the queue of a channel's broadcast deliveries. Each channel has
+// its own queue and workers, so a slow provider (FCM takes one request per
+// message) holds up only its own channel, never the others.
+func BulkQueue(channel string) string { return QueueBulk + "_" + channel }
+
 // EnqueueDeliveriesTx implements notifier.Enqueuer with one bulk insert.
 func (q *Queue) EnqueueDeliveriesTx(ctx context.Context, tx pgx.Tx, batches []notifier.DeliveryBatch, transactional bool) error {
-	opts := &river.InsertOpts{Queue: QueueBulk, Priority: 2}
-	if transactional {
-		opts = &river.InsertOpts{Queue: QueueTransactional, Priority: 1}
-	}
 	// The deliveries are children of the expansion (or the notification's request).
-	opts.Metadata = telemetry.InjectTraceMetadata(ctx)
+	metadata := telemetry.InjectTraceMetadata(ctx)
+	transactionalOpts := &river.InsertOpts{Queue: QueueTransactional, Priority: 1, Metadata: metadata}
+	bulkOpts := map[string]*river.InsertOpts{}
 	params := make([]river.InsertManyParams, len(batches))
 	for i, b := range batches {
+		opts := transactionalOpts
+		if !transactional {
+			if opts = bulkOpts[b.Channel]; opts == nil {
+				opts = &river.InsertOpts{Queue: BulkQueue(b.Channel), Priority: 2, Metadata: metadata}
+				bulkOpts[b.Channel] = opts
+			}
+		}
 		params[i] = river.InsertManyParams{Args: DeliverArgs{DeliveryBatch: b}, InsertOpts: opts}
 	}
 	if _, err := q.client.InsertManyFastTx(ctx, tx, params); err != nil {

@@ -328,7 +328,7 @@ func names(spans tracetest.SpanStubs) []string {
 func TestTracingOffAllocatesNothingPerJob(t *testing.T) {
 	q := &Queue{tracer: telemetry.Tracer(nil)}
 	ctx := context.Background()
-	job := &rivertype.JobRow{ID: 1, Attempt: 1, Queue: QueueBulk, Metadata: []byte(`{}`)}
+	job := &rivertype.JobRow{ID: 1, Attempt: 1, Queue: BulkQueue(notifier.ChannelEmail), Metadata: []byte(`{}`)}
 	snooze := river.JobSnooze(time.Second)
 	allocs := testing.AllocsPerRun(100, func() {
 		jobCtx, span := q.startJobSpan(ctx, "notifyd.deliver", job)

@@ -378,7 +378,7 @@ func TestNotificationAndCrashBetweenClaimAndSend(t *testing.T) {
 	before := e.sendgrid.Count()
 	// River re-running the batch job (a retry or the rescuer) finds nothing to claim.
 	if _, err := e.pool.Exec(ctx, `INSERT INTO river_job (args, kind, max_attempts, queue, state, priority)
-		VALUES ($1, 'notifyd.deliver', 5, 'bulk', 'available', 2)`,
+		VALUES ($1, 'notifyd.deliver', 5, 'bulk_email', 'available', 2)`,
 		fmt.Sprintf(`{"broadcast_id":%d,"channel":"email","first_id":%d,"last_id":%d,"count":1}`, bid, did, did)); err != nil {
 		t.Fatal(err)
 	}
