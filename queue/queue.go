@@ -28,9 +28,9 @@ const (
 	QueueTransactional = "transactional"
 	// QueueBulk is the prefix of the broadcast delivery queues, one per channel
 	// (see BulkQueue).
-	QueueBulk = "bulk"
-	QueueExpand        = "expand"
-	QueueMaintenance   = "maintenance"
+	QueueBulk        = "bulk"
+	QueueExpand      = "expand"
+	QueueMaintenance = "maintenance"
 )
 
 // ExpandArgs expands one broadcast's audience into deliveries.
