@@ -110,6 +110,7 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 	metrics := telemetry.New(pool, logger)
 	queueCfg := queue.Config{Pool: pool, Logger: logger, Workers: runWorkers, BulkWorkers: c.BulkWorkers, TracerProvider: tracing,
 		InboxRetention: c.InboxRetention, EventRetention: c.EventRetention,
+		SendTimeout: c.SendTimeout, RescueAfter: c.RescueAfter,
 		// One bucket per provider in Postgres, shared by every worker process.
 		Limiter: queue.NewPGLimiter(pool, map[string]float64{notifier.ChannelEmail: c.EmailRate, notifier.ChannelPush: c.PushRate})}
 	if runWorkers {
@@ -205,7 +206,7 @@ func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *s
 		transport.MaxConnsPerHost = providerConnsPerHost
 		transport.MaxIdleConnsPerHost = providerConnsPerHost
 		transport.MaxIdleConns = providerConnsPerHost
-		return &http.Client{Transport: metrics.Transport(channel, telemetry.TraceTransport(tracing, channel, transport)), Timeout: 30 * time.Second}
+		return &http.Client{Transport: metrics.Transport(channel, telemetry.TraceTransport(tracing, channel, transport)), Timeout: c.SendTimeout}
 	}
 	channels := map[string]notifier.Channel{notifier.ChannelInbox: inbox.New(pool)}
 	if c.SendGridAPIKey != "" {
