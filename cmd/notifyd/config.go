@@ -102,7 +102,7 @@ func bindConfig(fs *flag.FlagSet, getenv func(string) string, c *config) {
 			workers = v
 		}
 	}
-	fs.IntVar(&c.BulkWorkers, "bulk-workers", workers, "broadcast delivery batches worked at once per process (NOTIFYD_BULK_WORKERS)")
+	fs.IntVar(&c.BulkWorkers, "bulk-workers", workers, "broadcast delivery batches worked at once per channel per process (NOTIFYD_BULK_WORKERS)")
 	durFlag := func(p *time.Duration, name, env string, def time.Duration, usage string) {
 		if raw := getenv(env); raw != "" {
 			v, err := time.ParseDuration(raw)
