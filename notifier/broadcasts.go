@@ -172,6 +172,22 @@ type ChannelCounts struct {
 	Unknown    int64 `json:"unknown"`
 }
 
+// sumChannels adds up the counts of every channel.
+func sumChannels(byChannel map[string]ChannelCounts) ChannelCounts {
+	var t ChannelCounts
+	for _, c := range byChannel {
+		t.Deliveries += c.Deliveries
+		t.Pending += c.Pending
+		t.Sending += c.Sending
+		t.Sent += c.Sent
+		t.Failed += c.Failed
+		t.Suppressed += c.Suppressed
+		t.Cancelled += c.Cancelled
+		t.Unknown += c.Unknown
+	}
+	return t
+}
+
 func (c *ChannelCounts) add(status string, n int64) {
 	c.Deliveries += n
 	switch status {
@@ -367,18 +383,10 @@ func (s *Service) findBroadcastTx(ctx context.Context, q DB, id int64) (*Broadca
 	if err != nil {
 		return nil, err
 	}
-	var total ChannelCounts
 	for channel, c := range byChannel {
 		b.Channels[channel] = c
-		total.Deliveries += c.Deliveries
-		total.Pending += c.Pending
-		total.Sending += c.Sending
-		total.Sent += c.Sent
-		total.Failed += c.Failed
-		total.Suppressed += c.Suppressed
-		total.Cancelled += c.Cancelled
-		total.Unknown += c.Unknown
 	}
+	total := sumChannels(byChannel)
 	b.Counts = Counts{Recipients: b.Counts.Recipients, Deliveries: total.Deliveries, Pending: total.Pending, Sending: total.Sending,
 		Sent: total.Sent, Failed: total.Failed, Suppressed: total.Suppressed, Cancelled: total.Cancelled, Unknown: total.Unknown}
 	return b, nil

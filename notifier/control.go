@@ -214,17 +214,9 @@ func controlCounts(ctx context.Context, q DB, id int64) (ControlCounts, error) {
 	if err != nil {
 		return ControlCounts{}, err
 	}
-	var c ControlCounts
-	for _, n := range byChannel {
-		c.Sent += n.Sent
-		c.InFlight += n.Sending
-		c.Pending += n.Pending
-		c.Cancelled += n.Cancelled
-		c.Failed += n.Failed
-		c.Suppressed += n.Suppressed
-		c.Unknown += n.Unknown
-	}
-	return c, nil
+	t := sumChannels(byChannel)
+	return ControlCounts{Sent: t.Sent, InFlight: t.Sending, Pending: t.Pending, Cancelled: t.Cancelled,
+		Failed: t.Failed, Suppressed: t.Suppressed, Unknown: t.Unknown}, nil
 }
 
 // AuditEntry is one operator action.

@@ -196,7 +196,7 @@ func (b *bcBench) teardown() {
 func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
 	o := b.opts
 	b.say("notifyd bench: broadcast to %s recipients on %s, %d notifyd process(es); %d CPUs, Go %s",
-		bcThousands(int64(o.recipients)), strings.Join(o.channels, ","), o.workers, runtime.NumCPU(), runtime.Version())
+		thousands(int64(o.recipients)), strings.Join(o.channels, ","), o.workers, runtime.NumCPU(), runtime.Version())
 
 	var err error
 	if b.workDir, err = os.MkdirTemp("", "notifyd-bcrun-"); err != nil {
@@ -216,7 +216,7 @@ func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
 		return nil, fmt.Errorf("loading recipients: %w", err)
 	}
 	b.say("loaded %s recipients and %s devices in SQL in %s (off the clock)",
-		bcThousands(int64(o.recipients)), bcThousands(int64(o.recipients)), bcSeconds(time.Since(loadStart)))
+		thousands(int64(o.recipients)), thousands(int64(o.recipients)), bcSeconds(time.Since(loadStart)))
 	if err := b.startChildren(ctx); err != nil {
 		return nil, err
 	}
@@ -1052,10 +1052,10 @@ func bcProgressLine(v *bcBroadcastView, channels []string, expected int64, elaps
 	var parts []string
 	for _, ch := range channels {
 		c := v.Channels[ch]
-		parts = append(parts, fmt.Sprintf("%s %s sent/%s pending", ch, bcThousands(c.Sent), bcThousands(c.Pending+c.Sending)))
+		parts = append(parts, fmt.Sprintf("%s %s sent/%s pending", ch, thousands(c.Sent), thousands(c.Pending+c.Sending)))
 	}
 	return fmt.Sprintf("[%s] %3.0f%% %6.1fs %-9s written %s/%s | %s", bar, frac*100, elapsed.Seconds(), v.Status,
-		bcThousands(v.Counts.Deliveries), bcThousands(expected), strings.Join(parts, " | "))
+		thousands(v.Counts.Deliveries), thousands(expected), strings.Join(parts, " | "))
 }
 
 // Measurements.
@@ -1234,23 +1234,23 @@ func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
 	// Every problem is an error of the run, said loudly.
 	want := int64(b.opts.recipients)
 	if rep.audience != want {
-		rep.problems = append(rep.problems, fmt.Sprintf("audience is %s recipients, want %s", bcThousands(rep.audience), bcThousands(want)))
+		rep.problems = append(rep.problems, fmt.Sprintf("audience is %s recipients, want %s", thousands(rep.audience), thousands(want)))
 	}
 	for _, c := range rep.perChannel {
 		if c.deliveries != want || c.sent != want {
 			rep.problems = append(rep.problems, fmt.Sprintf("%s: %s deliveries, %s sent, want %s (by status: %v)",
-				c.channel, bcThousands(c.deliveries), bcThousands(c.sent), bcThousands(want), c.byStatus))
+				c.channel, thousands(c.deliveries), thousands(c.sent), thousands(want), c.byStatus))
 		}
 		if c.dups > 0 {
 			rep.problems = append(rep.problems, fmt.Sprintf("DUPLICATES: %s received %s messages twice or more (e.g. %s)",
-				c.channel, bcThousands(c.dups), strings.Join(c.dupKeys, ", ")))
+				c.channel, thousands(c.dups), strings.Join(c.dupKeys, ", ")))
 		}
 		if c.received != c.sent || c.distinct != c.sent {
 			rep.problems = append(rep.problems, fmt.Sprintf("%s: %s sent but the provider received %s (%s distinct)",
-				c.channel, bcThousands(c.sent), bcThousands(c.received), bcThousands(c.distinct)))
+				c.channel, thousands(c.sent), thousands(c.received), thousands(c.distinct)))
 		}
 		if c.fakeCount != c.received {
-			rep.problems = append(rep.problems, fmt.Sprintf("%s: the fake counted %s, the bench %s", c.channel, bcThousands(c.fakeCount), bcThousands(c.received)))
+			rep.problems = append(rep.problems, fmt.Sprintf("%s: the fake counted %s, the bench %s", c.channel, thousands(c.fakeCount), thousands(c.received)))
 		}
 	}
 	return nil
@@ -1307,14 +1307,14 @@ func (b *bcBench) printReport(r *bcReport) {
 	out := bufio.NewWriter(b.stdout)
 	defer out.Flush()
 	fmt.Fprintf(out, "\nRESULTS  broadcast %d: %s recipients, channels %s, %d notifyd process(es)\n",
-		r.broadcastID, bcThousands(int64(r.opts.recipients)), strings.Join(r.channels, ","), r.opts.workers)
+		r.broadcastID, thousands(int64(r.opts.recipients)), strings.Join(r.channels, ","), r.opts.workers)
 	if r.opts.recipients != 1_000_000 {
 		fmt.Fprintln(out, "(the goals are set for 1,000,000 recipients)")
 	}
 	tw := tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
 	if !r.createdAt.IsZero() {
-		fmt.Fprintf(tw, "expansion\t%s deliveries in %s\t%s deliveries/s\t%s\n", bcThousands(r.deliveries),
-			bcSeconds(time.Duration(r.expansionSeconds()*float64(time.Second))), bcThousands(int64(r.expansionRate())),
+		fmt.Fprintf(tw, "expansion\t%s deliveries in %s\t%s deliveries/s\t%s\n", thousands(r.deliveries),
+			bcSeconds(time.Duration(r.expansionSeconds()*float64(time.Second))), thousands(int64(r.expansionRate())),
 			bcGoal(r.expansionRate() >= bcGoalExpansion, "100,000/s"))
 	}
 	for _, c := range r.perChannel {
@@ -1325,8 +1325,8 @@ func (b *bcBench) printReport(r *bcReport) {
 		case notifier.ChannelPush:
 			goal = bcGoal(c.rate() >= bcGoalPush, "5,000/s")
 		}
-		fmt.Fprintf(tw, "%s delivery\t%s sent in %s\t%s msgs/s\t%s\n", c.channel, bcThousands(c.sent),
-			bcSeconds(c.lastEnd.Sub(c.firstClaim)), bcThousands(int64(c.rate())), goal)
+		fmt.Fprintf(tw, "%s delivery\t%s sent in %s\t%s msgs/s\t%s\n", c.channel, thousands(c.sent),
+			bcSeconds(c.lastEnd.Sub(c.firstClaim)), thousands(int64(c.rate())), goal)
 	}
 	if !r.completedAt.IsZero() {
 		fmt.Fprintf(tw, "end to end\tcreated -> completed %s\t(client saw %s, POST took %s)\t\n",
@@ -1348,7 +1348,7 @@ func (b *bcBench) printReport(r *bcReport) {
 		var st []string
 		for _, s := range []string{"sent", "failed", "suppressed", "unknown", "cancelled", "pending", "sending"} {
 			if n := c.byStatus[s]; n > 0 {
-				st = append(st, s+" "+bcThousands(n))
+				st = append(st, s+" "+thousands(n))
 			}
 		}
 		recv := "provider"
@@ -1357,8 +1357,8 @@ func (b *bcBench) printReport(r *bcReport) {
 		}
 		window := c.recvLast.Sub(c.recvFirst).Seconds()
 		fmt.Fprintf(tw, "%s\tdeliveries %s (%s); %s received %s, %s distinct (fake's own count %s); %s/s as the receiver saw it\n", c.channel,
-			bcThousands(c.deliveries), strings.Join(st, ", "), recv, bcThousands(c.received), bcThousands(c.distinct),
-			bcThousands(c.fakeCount), bcThousands(int64(bcDiv(float64(c.received), window))))
+			thousands(c.deliveries), strings.Join(st, ", "), recv, thousands(c.received), thousands(c.distinct),
+			thousands(c.fakeCount), thousands(int64(bcDiv(float64(c.received), window))))
 		if !c.firstClaim.IsZero() {
 			fmt.Fprintf(tw, "\tfirst claim %s after create, last finish %s after create\n",
 				bcSeconds(c.firstClaim.Sub(r.createdAt)), bcSeconds(c.lastEnd.Sub(r.createdAt)))
@@ -1366,12 +1366,12 @@ func (b *bcBench) printReport(r *bcReport) {
 		if !r.expandedAt.IsZero() && c.lastEnd.After(r.expandedAt) {
 			drain := c.lastEnd.Sub(r.expandedAt)
 			fmt.Fprintf(tw, "\tafter the expansion ended: %s sent in %s, %s msgs/s (the backlog drain, not capped by expansion)\n",
-				bcThousands(c.sentAfterExpansion), bcSeconds(drain), bcThousands(int64(bcDiv(float64(c.sentAfterExpansion), drain.Seconds()))))
+				thousands(c.sentAfterExpansion), bcSeconds(drain), thousands(int64(bcDiv(float64(c.sentAfterExpansion), drain.Seconds()))))
 		}
 	}
 	if r.audience > 0 && r.expansionSeconds() > 0 {
 		fmt.Fprintf(tw, "expansion\t%s recipients/s (created_at -> expanded_at, both transaction times)\n",
-			bcThousands(int64(float64(r.audience)/r.expansionSeconds())))
+			thousands(int64(float64(r.audience)/r.expansionSeconds())))
 	}
 	if r.polls > 0 {
 		fmt.Fprintf(tw, "observer\t%d polls of GET /v1/broadcasts/{id}, mean %s, max %s\n", r.polls,
@@ -1387,7 +1387,7 @@ func (b *bcBench) printReport(r *bcReport) {
 			status = "FAILED"
 		}
 		fmt.Fprintf(out, "check %s: sent %s of %s deliveries; received %s (%s distinct, %s duplicates): %s\n", c.channel,
-			bcThousands(c.sent), bcThousands(c.deliveries), bcThousands(c.received), bcThousands(c.distinct), bcThousands(c.dups), status)
+			thousands(c.sent), thousands(c.deliveries), thousands(c.received), thousands(c.distinct), thousands(c.dups), status)
 	}
 	if len(r.pgStats) > 0 {
 		fmt.Fprintln(out, "\ntop statements (pg_stat_statements, by total time):")
@@ -1613,23 +1613,6 @@ func bcSnippet(b []byte) string {
 		s = s[:300] + "..."
 	}
 	return s
-}
-
-func bcThousands(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var sb strings.Builder
-	for i, r := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			sb.WriteByte(',')
-		}
-		sb.WriteRune(r)
-	}
-	if neg {
-		return "-" + sb.String()
-	}
-	return sb.String()
 }
 
 func bcSeconds(d time.Duration) string {

@@ -426,7 +426,7 @@ func (r *cxRun) run(ctx context.Context) (*cxReport, error) {
 	o := r.o
 	r.rep = &cxReport{}
 	r.say("notifyd chaos: %s + %s recipients (email and push), 1 API + %d worker processes, a %s chaos phase",
-		bcThousands(int64(o.recipients)), bcThousands(int64(o.cancelRecipients)), o.workers, o.duration)
+		thousands(int64(o.recipients)), thousands(int64(o.cancelRecipients)), o.workers, o.duration)
 	r.say("kills at %s; PostgreSQL restart (%s) at %s; cancel of the second broadcast at %s; provider faults: %.1f%% 500, %.1f%% 429 (Retry-After %s), %.1f%% time out",
 		cxOffsets(o.killTimes()), o.pgMode, cxOffset(o.duration*35/100), cxOffset(o.duration*45/100),
 		o.fail500*100, o.rateLimit*100, o.retryAfter, o.timeoutRate*100)
@@ -579,8 +579,8 @@ func (r *cxRun) seed(ctx context.Context) error {
 			return fmt.Errorf("%s: %w", q, err)
 		}
 	}
-	r.say("seeded %s + %s recipients with one device each in SQL in %s", bcThousands(int64(r.o.recipients)),
-		bcThousands(int64(r.o.cancelRecipients)), bcSeconds(time.Since(start)))
+	r.say("seeded %s + %s recipients with one device each in SQL in %s", thousands(int64(r.o.recipients)),
+		thousands(int64(r.o.cancelRecipients)), bcSeconds(time.Since(start)))
 	return nil
 }
 
@@ -1045,7 +1045,7 @@ func (r *cxRun) chaos(ctx context.Context) error {
 	if r.b1 == 0 {
 		return fmt.Errorf("the first round of POST /v1/broadcasts created nothing: %v", first.details)
 	}
-	r.event("broadcast %d (%s recipients) created", r.b1, bcThousands(int64(o.recipients)))
+	r.event("broadcast %d (%s recipients) created", r.b1, thousands(int64(o.recipients)))
 	// The second broadcast drains beside the first (the provider rates are
 	// shared), so it is part-way when the cancel comes.
 	if err := r.createSecond(ctx); err != nil {
@@ -1127,7 +1127,7 @@ func (r *cxRun) createSecond(ctx context.Context) error {
 		return fmt.Errorf("no id in %s", bcSnippet(raw))
 	}
 	r.b2 = v.ID
-	r.event("broadcast %d (%s recipients, to be cancelled) created", r.b2, bcThousands(int64(r.o.cancelRecipients)))
+	r.event("broadcast %d (%s recipients, to be cancelled) created", r.b2, thousands(int64(r.o.cancelRecipients)))
 	return nil
 }
 
@@ -1150,8 +1150,8 @@ func (r *cxRun) cancelSecond(ctx context.Context) {
 			r.rep.cancelSent, r.rep.cancelAt, r.rep.cancelRes, r.rep.cancelTook = sent, returned, res, returned.Sub(sent)
 			r.repMu.Unlock()
 			r.event("cancel of broadcast %d returned after %s: status %s, sent %s, in flight %s, pending %s, cancelled %s",
-				r.b2, bcSeconds(returned.Sub(sent)), res.Status, bcThousands(res.Counts.Sent), bcThousands(res.Counts.InFlight),
-				bcThousands(res.Counts.Pending), bcThousands(res.Counts.Cancelled))
+				r.b2, bcSeconds(returned.Sub(sent)), res.Status, thousands(res.Counts.Sent), thousands(res.Counts.InFlight),
+				thousands(res.Counts.Pending), thousands(res.Counts.Cancelled))
 			return
 		}
 		r.event("cancel attempt %d: %d %v %s; retrying", attempt, status, err, bcSnippet(raw))
@@ -1223,7 +1223,7 @@ func (r *cxRun) progress(ctx context.Context) {
 		case <-time.After(5 * time.Second):
 		}
 		r.say("[%6.1fs] the fakes accepted: email %s / %s, push %s / %s", r.since().Seconds(),
-			bcThousands(int64(r.sendgrid.Count())), bcThousands(total), bcThousands(int64(r.fcm.Count())), bcThousands(total))
+			thousands(int64(r.sendgrid.Count())), thousands(total), thousands(int64(r.fcm.Count())), thousands(total))
 	}
 }
 
@@ -1328,8 +1328,8 @@ func cxProgress(v *cxView) string {
 	}
 	c := v.Counts
 	return fmt.Sprintf("#%d %s: %s deliveries, %s pending, %s sending, %s sent, %s failed, %s unknown, %s cancelled", v.ID, v.Status,
-		bcThousands(c.Deliveries), bcThousands(c.Pending), bcThousands(c.Sending), bcThousands(c.Sent), bcThousands(c.Failed),
-		bcThousands(c.Unknown), bcThousands(c.Cancelled))
+		thousands(c.Deliveries), thousands(c.Pending), thousands(c.Sending), thousands(c.Sent), thousands(c.Failed),
+		thousands(c.Unknown), thousands(c.Cancelled))
 }
 
 // afterRounds replays the create request once more after the end (every answer
@@ -1519,7 +1519,7 @@ func (r *cxRun) measure(ctx context.Context) error {
 			rrows.Close()
 			return err
 		}
-		rep.reasons = append(rep.reasons, fmt.Sprintf("#%d %s %s: %s %s", b, ch, st, bcThousands(n), reason))
+		rep.reasons = append(rep.reasons, fmt.Sprintf("#%d %s %s: %s %s", b, ch, st, thousands(n), reason))
 	}
 	rrows.Close()
 	rep.faults = r.faultFigures()
@@ -1560,7 +1560,7 @@ func (r *cxRun) faultFigures() []string {
 				continue
 			}
 			what := map[int]string{200: "accepted", 202: "accepted", 500: "answered 500", 429: "answered 429 + Retry-After", 0: "timed out (no answer)"}[s]
-			parts = append(parts, fmt.Sprintf("%s %s", bcThousands(int64(by[s])), what))
+			parts = append(parts, fmt.Sprintf("%s %s", thousands(int64(by[s])), what))
 			delete(by, s)
 		}
 		var rest []int
@@ -1569,9 +1569,9 @@ func (r *cxRun) faultFigures() []string {
 		}
 		slices.Sort(rest)
 		for _, s := range rest {
-			parts = append(parts, fmt.Sprintf("%s answered %d", bcThousands(int64(by[s])), s))
+			parts = append(parts, fmt.Sprintf("%s answered %d", thousands(int64(by[s])), s))
 		}
-		return fmt.Sprintf("%s requests: %s", bcThousands(int64(len(statuses))), strings.Join(parts, ", "))
+		return fmt.Sprintf("%s requests: %s", thousands(int64(len(statuses))), strings.Join(parts, ", "))
 	}
 	var sg, fcm []int
 	for _, q := range r.sendgrid.Requests() {
@@ -1694,7 +1694,7 @@ func (r *cxRun) printReport(rep *cxReport) {
 	defer out.Flush()
 	o := r.o
 	fmt.Fprintf(out, "\nRESULTS  notifyd chaos: broadcast %d (%s recipients) and broadcast %d (%s recipients, cancelled), email and push; 1 API + %d workers\n",
-		r.b1, bcThousands(int64(o.recipients)), r.b2, bcThousands(int64(o.cancelRecipients)), o.workers)
+		r.b1, thousands(int64(o.recipients)), r.b2, thousands(int64(o.cancelRecipients)), o.workers)
 	final := "NOT final"
 	if rep.allFinal > 0 {
 		final = "final " + bcSeconds(rep.allFinal) + " after the first POST"
@@ -1733,9 +1733,9 @@ func (r *cxRun) printReport(rep *cxReport) {
 	for _, row := range rep.rows {
 		c := row.api
 		fmt.Fprintf(tw, "%d %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t\n", row.id, row.label, row.channel,
-			bcThousands(row.audience), bcThousands(c.Deliveries), bcThousands(c.Sent), bcThousands(c.Failed), bcThousands(c.Unknown),
-			bcThousands(c.Suppressed), bcThousands(c.Cancelled), bcThousands(c.Pending+c.Sending), bcThousands(row.received),
-			bcThousands(row.recvSent), bcThousands(row.recvUnkn), row.dupID, row.dupAddr, cxAfter(row))
+			thousands(row.audience), thousands(c.Deliveries), thousands(c.Sent), thousands(c.Failed), thousands(c.Unknown),
+			thousands(c.Suppressed), thousands(c.Cancelled), thousands(c.Pending+c.Sending), thousands(row.received),
+			thousands(row.recvSent), thousands(row.recvUnkn), row.dupID, row.dupAddr, cxAfter(row))
 	}
 	tw.Flush()
 	if res := rep.cancelRes; res != nil {
@@ -1744,8 +1744,8 @@ func (r *cxRun) printReport(rep *cxReport) {
 			last = "+" + bcSeconds(rep.lastB2Start.Sub(r.t0))
 		}
 		fmt.Fprintf(out, "  cancel of %d: answered %s after it was sent, at +%s: sent %s, in flight %s, cancelled %s; the last request carrying a message of %d started at %s; FCM requests for its tokens started after the cancel: %d\n",
-			r.b2, bcSeconds(rep.cancelTook), bcSeconds(rep.cancelAt.Sub(r.t0)), bcThousands(res.Counts.Sent), bcThousands(res.Counts.InFlight),
-			bcThousands(res.Counts.Cancelled), r.b2, last, rep.pushAfter)
+			r.b2, bcSeconds(rep.cancelTook), bcSeconds(rep.cancelAt.Sub(r.t0)), thousands(res.Counts.Sent), thousands(res.Counts.InFlight),
+			thousands(res.Counts.Cancelled), r.b2, last, rep.pushAfter)
 	}
 	if len(rep.reasons) > 0 {
 		fmt.Fprintln(out, "  not sent, by reason: "+strings.Join(rep.reasons, "; "))
