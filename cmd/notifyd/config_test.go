@@ -80,3 +80,26 @@ func TestHelpServeListsTimingSettings(t *testing.T) {
 		}
 	}
 }
+
+// A pool that delivery batches could exhaust while each waits for a second
+// connection is refused with the URL setting that fixes it.
+func TestPoolSizeMustOutgrowTheBulkWorkers(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		role     string
+		bulk     int
+		maxConns int32
+		wantErr  string
+	}{
+		{"all", 4, 20, ""},
+		{"worker", 8, 32, ""},
+		{"worker", 8, 20, "add pool_max_conns=32 to DATABASE_URL"},
+		{"all", 5, 20, "add pool_max_conns=23 to DATABASE_URL"},
+		{"api", 100, 20, ""}, // runs no workers
+	} {
+		err := checkPoolSize(&config{Role: tc.role, BulkWorkers: tc.bulk}, tc.maxConns)
+		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("role %s, %d bulk workers, pool of %d: error %v, want %q", tc.role, tc.bulk, tc.maxConns, err, tc.wantErr)
+		}
+	}
+}

@@ -49,7 +49,27 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	defer pool.Close()
+	if err := checkPoolSize(c, pool.Config().MaxConns); err != nil {
+		return err
+	}
 	return serve(ctx, c, pool, logger, &serveHooks{tracing: tracing})
+}
+
+// checkPoolSize refuses a pool that the workers could exhaust for good: a
+// broadcast delivery batch holds a connection for its broadcast's send lock while
+// it takes a second one (limiter, inbox), so if every connection were held by
+// such batches, all would wait forever. There are BulkWorkers of them per channel
+// (three channels); the rest of the pool is for expansion, notifications and River.
+func checkPoolSize(c *config, maxConns int32) error {
+	if c.Role == "api" {
+		return nil
+	}
+	if need := 3*c.BulkWorkers + 8; int(maxConns) < need {
+		return fmt.Errorf("the database pool has %d connections, too few for NOTIFYD_BULK_WORKERS=%d: "+
+			"at least %d are needed (3 channels x %d batches, each holding one while it waits for another, plus 8); add pool_max_conns=%d to DATABASE_URL",
+			maxConns, c.BulkWorkers, need, c.BulkWorkers, need)
+	}
+	return nil
 }
 
 // serveHooks lets dev and tests learn the bound address, and brings the tracer
