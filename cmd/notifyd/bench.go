@@ -70,6 +70,9 @@ type bcOptions struct {
 	pgStats       bool
 	keep          bool
 	waitIdle      time.Duration
+	// emailRate and pushRate are the providers' rate limits given to the
+	// children (messages/s); the default is high enough never to pace.
+	emailRate, pushRate float64
 }
 
 func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (*bcOptions, error) {
@@ -89,6 +92,8 @@ func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.StringVar(&o.cpuProfileDir, "cpuprofile", "", "write a CPU profile (and heap profiles at RSS peaks) of each notifyd process into this directory")
 	fs.BoolVar(&o.pgStats, "pg-stats", false, "load pg_stat_statements and print the statements that took the most time")
 	fs.DurationVar(&o.waitIdle, "wait-idle", 0, "before the broadcast, wait up to this long for the machine to be idle (other work under 0.2 cores for 10 s)")
+	fs.Float64Var(&o.emailRate, "email-rate", 1_000_000, "NOTIFYD_EMAIL_RATE of the children: SendGrid's rate limit in messages/s (the default never paces)")
+	fs.Float64Var(&o.pushRate, "push-rate", 1_000_000, "NOTIFYD_PUSH_RATE of the children: FCM's rate limit in messages/s (the default never paces)")
 	fs.BoolVar(&o.keep, "keep", false, "leave the database (and the cluster, running) in place afterwards, for EXPLAIN and friends")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -117,6 +122,9 @@ func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (
 	}
 	if o.workers < 1 {
 		problems = append(problems, errors.New("--workers must be at least 1"))
+	}
+	if o.emailRate <= 0 || o.pushRate <= 0 {
+		problems = append(problems, errors.New("--email-rate and --push-rate must be above 0"))
 	}
 	if o.poll <= 0 || o.timeout <= 0 || o.stall <= 0 {
 		problems = append(problems, errors.New("--poll, --timeout and --stall must be positive"))
@@ -223,6 +231,9 @@ func (b *bcBench) run(ctx context.Context) (*bcReport, error) {
 	b.say("setup done in %s; notifyd API at %s", bcSeconds(time.Since(setupStart)), b.apiBase)
 	if t := bcTuning(); len(t) > 0 {
 		b.say("the notifyd processes inherit: %s", strings.Join(t, " "))
+	}
+	if o.emailRate < 1_000_000 || o.pushRate < 1_000_000 {
+		b.say("provider rate limits: email %s/s, push %s/s", thousands(int64(o.emailRate)), thousands(int64(o.pushRate)))
 	}
 
 	rep := &bcReport{opts: o, channels: o.channels}
@@ -707,8 +718,8 @@ func (b *bcBench) startChildren(ctx context.Context) error {
 			"NOTIFYD_FCM_PROJECT_ID=notifyd-bench",
 			"NOTIFYD_FCM_CREDENTIALS=none",
 			"NOTIFYD_FCM_ENDPOINT="+b.fcmURL+"/v1",
-			"NOTIFYD_EMAIL_RATE=1000000",
-			"NOTIFYD_PUSH_RATE=1000000",
+			"NOTIFYD_EMAIL_RATE="+strconv.FormatFloat(b.opts.emailRate, 'f', -1, 64),
+			"NOTIFYD_PUSH_RATE="+strconv.FormatFloat(b.opts.pushRate, 'f', -1, 64),
 			"NOTIFYD_LOG_FORMAT=json",
 			// Every email carries a signed one-click unsubscribe link.
 			"NOTIFYD_SECRET="+secret,

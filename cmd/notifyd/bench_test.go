@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -49,5 +50,29 @@ func TestBenchBroadcastSmall(t *testing.T) {
 	}
 	if strings.Contains(out, "ERROR") {
 		t.Errorf("report has errors:\n%s", out)
+	}
+}
+
+// The flags that would make a meaningless run are refused before any setup.
+func TestBenchFlagsRefuseNonsense(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--recipients", "0"}, "--recipients must be at least 1"},
+		{[]string{"--channels", "email,fax"}, `"fax" is not email, push or inbox`},
+		{[]string{"--channels", "push,push"}, "push is listed twice"},
+		{[]string{"--push-rate", "0"}, "--push-rate must be above 0"},
+		{[]string{"--email-rate", "-5"}, "--email-rate and --push-rate must be above 0"},
+	} {
+		_, err := parseBcFlags(tc.args, func(string) string { return "" }, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("bench %v: error %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	o, err := parseBcFlags([]string{"--push-rate", "6000"}, func(string) string { return "" }, io.Discard)
+	if err != nil || o.pushRate != 6000 || o.emailRate != 1_000_000 {
+		t.Fatalf("--push-rate 6000: %+v, %v", o, err)
 	}
 }
