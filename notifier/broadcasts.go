@@ -150,14 +150,7 @@ type Broadcast struct {
 // (people), the rest count deliveries (person x channel).
 type Counts struct {
 	Recipients int64 `json:"recipients"`
-	Deliveries int64 `json:"deliveries"`
-	Pending    int64 `json:"pending"`
-	Sending    int64 `json:"sending"`
-	Sent       int64 `json:"sent"`
-	Failed     int64 `json:"failed"`
-	Suppressed int64 `json:"suppressed"`
-	Cancelled  int64 `json:"cancelled"`
-	Unknown    int64 `json:"unknown"`
+	ChannelCounts
 }
 
 // ChannelCounts are one channel's deliveries by status.
@@ -386,9 +379,7 @@ func (s *Service) findBroadcastTx(ctx context.Context, q DB, id int64) (*Broadca
 	for channel, c := range byChannel {
 		b.Channels[channel] = c
 	}
-	total := sumChannels(byChannel)
-	b.Counts = Counts{Recipients: b.Counts.Recipients, Deliveries: total.Deliveries, Pending: total.Pending, Sending: total.Sending,
-		Sent: total.Sent, Failed: total.Failed, Suppressed: total.Suppressed, Cancelled: total.Cancelled, Unknown: total.Unknown}
+	b.Counts.ChannelCounts = sumChannels(byChannel)
 	return b, nil
 }
 

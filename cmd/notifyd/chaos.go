@@ -335,20 +335,10 @@ type cxRound struct {
 
 // cxView is the part of GET /v1/broadcasts/{id} chaos reads.
 type cxView struct {
-	ID       int64  `json:"id"`
-	Status   string `json:"status"`
-	Expanded bool   `json:"expanded"`
-	Counts   struct {
-		Recipients int64 `json:"recipients"`
-		Deliveries int64 `json:"deliveries"`
-		Pending    int64 `json:"pending"`
-		Sending    int64 `json:"sending"`
-		Sent       int64 `json:"sent"`
-		Failed     int64 `json:"failed"`
-		Suppressed int64 `json:"suppressed"`
-		Cancelled  int64 `json:"cancelled"`
-		Unknown    int64 `json:"unknown"`
-	} `json:"counts"`
+	ID       int64                             `json:"id"`
+	Status   string                            `json:"status"`
+	Expanded bool                              `json:"expanded"`
+	Counts   notifier.Counts                   `json:"counts"`
 	Channels map[string]notifier.ChannelCounts `json:"channels"`
 }
 
