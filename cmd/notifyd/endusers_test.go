@@ -137,17 +137,7 @@ func TestUnsubscribeLinkAndWebhookEndToEnd(t *testing.T) {
 		"recipient": "u00000", "category": "security", "channels": []string{"email"},
 		"email": map[string]any{"subject": "Sign-in code", "text": "1234"},
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, _, n := e.call(t, "GET", fmt.Sprintf("/v1/notifications/%v", note["id"]), "", nil)
-		if n["status"] == "completed" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("notification never completed: %v", n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.waitNotificationCompleted(t, note["id"])
 	for _, m := range e.sendgrid.Messages() {
 		if m.Subject == "Sign-in code" && m.Headers["List-Unsubscribe"] != "" {
 			t.Fatalf("a security email carries List-Unsubscribe: %v", m.Headers)

@@ -52,17 +52,7 @@ func TestMetricsAgreeWithTheAPI(t *testing.T) {
 		"recipient": "m00001", "category": "security", "channels": []string{"email"},
 		"email": map[string]any{"subject": "Code", "text": "1234"},
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, _, n := e.call(t, "GET", fmt.Sprintf("/v1/notifications/%v", note["id"]), "", nil)
-		if n["status"] == "completed" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("notification never completed: %v", n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.waitNotificationCompleted(t, note["id"])
 	body := e.scrape(t)
 	for _, ch := range []string{"email", "push"} {
 		api := final["channels"].(map[string]any)[ch].(map[string]any)

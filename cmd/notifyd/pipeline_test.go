@@ -150,6 +150,23 @@ func (e *e2e) waitStatus(t *testing.T, id any, want string, timeout time.Duratio
 	return nil
 }
 
+// waitNotificationCompleted polls GET /v1/notifications/{id} until it is
+// completed (or fails the test after 30 s) and returns it.
+func (e *e2e) waitNotificationCompleted(t *testing.T, id any) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, _, n := e.call(t, "GET", fmt.Sprintf("/v1/notifications/%v", id), "", nil)
+		if n["status"] == "completed" {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("notification %v never completed: %v", id, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func broadcastBody(name string) map[string]any {
 	return map[string]any{
 		"name": name, "category": "news", "segment": "all", "channels": []string{"email", "push"},
@@ -343,21 +360,11 @@ func TestNotificationAndCrashBetweenClaimAndSend(t *testing.T) {
 	if status != 202 {
 		t.Fatalf("notification = %d %v", status, out)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, _, n := e.call(t, "GET", fmt.Sprintf("/v1/notifications/%v", out["id"]), "", nil)
-		if n["status"] == "completed" {
-			for _, d := range n["deliveries"].([]any) {
-				if d.(map[string]any)["status"] != "sent" {
-					t.Fatalf("delivery = %v", d)
-				}
-			}
-			break
+	n := e.waitNotificationCompleted(t, out["id"])
+	for _, d := range n["deliveries"].([]any) {
+		if d.(map[string]any)["status"] != "sent" {
+			t.Fatalf("delivery = %v", d)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("notification never completed: %v", n)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 
 	// A worker that died after claiming (sending) and before recording: the
@@ -382,7 +389,7 @@ func TestNotificationAndCrashBetweenClaimAndSend(t *testing.T) {
 		fmt.Sprintf(`{"broadcast_id":%d,"channel":"email","first_id":%d,"last_id":%d,"count":1}`, bid, did, did)); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(40 * time.Second)
+	deadline := time.Now().Add(40 * time.Second)
 	for {
 		var st string
 		if err := e.pool.QueryRow(ctx, "SELECT status FROM deliveries WHERE id = $1", did).Scan(&st); err != nil {
