@@ -494,11 +494,18 @@ func cloneCounts(m map[int64]int) map[int64]int {
 // startWorkers runs one worker "process" (pool, limiter, River client) on url.
 func startWorkers(t *testing.T, url string, ch notifier.Channel, rates map[string]float64) *notifier.Service {
 	t.Helper()
+	return startQueue(t, url, ch, rates, Config{BulkWorkers: 4, TransactionalWorkers: 2})
+}
+
+// startQueue runs one worker "process" on url's database: its own pool, a
+// PGLimiter at rates, ch as the email channel, and cfg's sizes and limits.
+func startQueue(t *testing.T, url string, ch notifier.Channel, rates map[string]float64, cfg Config) *notifier.Service {
+	t.Helper()
 	pool := processPool(t, url)
-	q, err := New(Config{
-		Pool: pool, Channels: map[string]notifier.Channel{notifier.ChannelEmail: ch},
-		Limiter: NewPGLimiter(pool, rates), Workers: true, BulkWorkers: 4, TransactionalWorkers: 2,
-	})
+	cfg.Pool, cfg.Workers = pool, true
+	cfg.Channels = map[string]notifier.Channel{notifier.ChannelEmail: ch}
+	cfg.Limiter = NewPGLimiter(pool, rates)
+	q, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,31 +99,12 @@ func deliverJobErrors(t *testing.T, svc *notifier.Service) int {
 	return n
 }
 
-// startRetryWorkers runs one worker process with cfg's Channels, Limiter and
-// MaxDeliveryAttempts over url's database.
+// startRetryWorkers runs one worker process with a limit of maxAttempts per
+// delivery (0: the default) and an email rate over url's database.
 func startRetryWorkers(t *testing.T, url string, ch notifier.Channel, rate float64, maxAttempts int) *notifier.Service {
 	t.Helper()
-	pool := processPool(t, url)
-	q, err := New(Config{
-		Pool: pool, Channels: map[string]notifier.Channel{notifier.ChannelEmail: ch},
-		Limiter: NewPGLimiter(pool, map[string]float64{notifier.ChannelEmail: rate}), Workers: true,
-		BulkWorkers: 2, TransactionalWorkers: 1, MaxDeliveryAttempts: maxAttempts,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc := notifier.NewService(pool, nil, &notifier.ServiceOpts{Enqueuer: q})
-	if err := q.Start(context.Background(), svc); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := q.Stop(ctx); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
-	return svc
+	return startQueue(t, url, ch, map[string]float64{notifier.ChannelEmail: rate},
+		Config{BulkWorkers: 2, TransactionalWorkers: 1, MaxDeliveryAttempts: maxAttempts})
 }
 
 func serverError() error {
