@@ -38,10 +38,7 @@ func AccessLog(logger *slog.Logger) func(http.Handler) http.Handler {
 			start := time.Now()
 			rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 			next.ServeHTTP(rec, r)
-			route := "unmatched"
-			if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
-				route = rc.RoutePattern()
-			}
+			route := routePattern(r)
 			level := slog.LevelInfo
 			if rec.status >= 500 {
 				level = slog.LevelError
@@ -50,4 +47,13 @@ func AccessLog(logger *slog.Logger) func(http.Handler) http.Handler {
 				"status", rec.status, "duration_ms", time.Since(start).Milliseconds())
 		})
 	}
+}
+
+// routePattern is the chi route that served r ("/v1/broadcasts/{id}"), or
+// "unmatched": logs and metrics name routes, never raw paths with their ids.
+func routePattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+		return rc.RoutePattern()
+	}
+	return "unmatched"
 }
