@@ -896,31 +896,9 @@ type bcBroadcastView struct {
 }
 
 func (b *bcBench) api(ctx context.Context, method, path, idemKey string, body []byte) (int, []byte, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, b.apiBase+path, rd)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+b.secret)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if idemKey != "" {
-		req.Header.Set("Idempotency-Key", idemKey)
-	}
-	resp, err := bcHTTP.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, raw, err
+	status, _, raw, err := newAPIClient(b.apiBase, b.secret).do(ctx, method, path, idemKey, body)
+	return status, raw, err
 }
-
-var bcHTTP = &http.Client{Timeout: 2 * time.Minute}
 
 // broadcast POSTs the broadcast and follows it to completion, drawing progress.
 func (b *bcBench) broadcast(ctx context.Context, rep *bcReport) error {

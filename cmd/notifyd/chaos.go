@@ -882,31 +882,8 @@ func (r *cxRun) restartPostgres(ctx context.Context) (time.Duration, error) {
 
 // The API.
 
-var cxHTTP = &http.Client{Timeout: 2 * time.Minute}
-
 func (r *cxRun) call(ctx context.Context, method, path, idemKey string, body []byte) (int, http.Header, []byte, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, r.apiBase+path, rd)
-	if err != nil {
-		return 0, nil, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+r.secret)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if idemKey != "" {
-		req.Header.Set("Idempotency-Key", idemKey)
-	}
-	resp, err := cxHTTP.Do(req)
-	if err != nil {
-		return 0, nil, nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header, raw, err
+	return newAPIClient(r.apiBase, r.secret).do(ctx, method, path, idemKey, body)
 }
 
 func (r *cxRun) view(ctx context.Context, id int64) (*cxView, error) {
