@@ -73,12 +73,11 @@ func (s *Service) SweepInterrupted(ctx context.Context, olderThan time.Duration)
 	if err != nil {
 		return 0, err
 	}
-	// Completes the broadcasts the sweep finished, and any whose last batch
-	// was recorded while the expansion's final transaction was still open (each
-	// saw the other's work unfinished).
-	if _, err := s.pool.Exec(ctx, `UPDATE broadcasts b SET status = 'completed', completed_at = now(), updated_at = now()
-		WHERE b.status = 'sending' AND b.expanded
-		AND (SELECT coalesce(sum(n), 0) FROM delivery_counts c WHERE c.broadcast_id = b.id AND c.status IN ('pending', 'sending')) = 0`); err != nil {
+	// Completes the broadcasts the sweep finished (no batch is left to record
+	// their swept deliveries), and any other left sending with nothing open:
+	// batches and the expansion complete their broadcast after their own
+	// commits, so this is a safety net, not the rule.
+	if _, err := s.pool.Exec(ctx, completeDoneSQL); err != nil {
 		return 0, err
 	}
 	return int64(swept), nil
@@ -100,12 +99,15 @@ func foldDeliveryCounts(ctx context.Context, tx pgx.Tx, sweptClaims []int64) err
 	return err
 }
 
-// completeIfDone marks a fully expanded broadcast completed once no delivery is
-// pending or in flight.
+// completeDoneSQL marks fully expanded broadcasts completed once no delivery is
+// pending or in flight (by delivery_counts).
+const completeDoneSQL = `UPDATE broadcasts b SET status = 'completed', completed_at = now(), updated_at = now()
+	WHERE b.status = 'sending' AND b.expanded
+	AND (SELECT coalesce(sum(n), 0) FROM delivery_counts c WHERE c.broadcast_id = b.id AND c.status IN ('pending', 'sending')) = 0`
+
+// completeIfDone applies completeDoneSQL to one broadcast.
 func completeIfDone(ctx context.Context, q DB, id int64) error {
-	_, err := q.Exec(ctx, `UPDATE broadcasts SET status = 'completed', completed_at = now(), updated_at = now()
-		WHERE id = $1 AND status = 'sending' AND expanded
-		AND (SELECT coalesce(sum(n), 0) FROM delivery_counts WHERE broadcast_id = $1 AND status IN ('pending', 'sending')) = 0`, id)
+	_, err := q.Exec(ctx, completeDoneSQL+` AND b.id = $1`, id)
 	return err
 }
 

@@ -355,8 +355,9 @@ func TestSweepOnlyTakesOldClaims(t *testing.T) {
 	if st := b.broadcastStatus(t, id); st != notifier.StatusCompleted {
 		t.Fatalf("broadcast is %s, want completed", st)
 	}
-	// A broadcast whose last record and the end of its expansion crossed (each
-	// saw the other unfinished) is completed by the next sweep.
+	// A broadcast left sending with nothing open (as its last record crossing
+	// the end of its expansion could once leave it) is completed by the next
+	// sweep.
 	if _, err := b.pool.Exec(ctx, `UPDATE broadcasts SET status = 'sending', completed_at = NULL WHERE id = $1`, id); err != nil {
 		t.Fatal(err)
 	}
