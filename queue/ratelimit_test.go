@@ -502,14 +502,23 @@ func startWorkers(t *testing.T, url string, ch notifier.Channel, rates map[strin
 func startQueue(t *testing.T, url string, ch notifier.Channel, rates map[string]float64, cfg Config) *notifier.Service {
 	t.Helper()
 	pool := processPool(t, url)
-	cfg.Pool, cfg.Workers = pool, true
+	cfg.Pool = pool
 	cfg.Channels = map[string]notifier.Channel{notifier.ChannelEmail: ch}
 	cfg.Limiter = NewPGLimiter(pool, rates)
+	_, svc := runQueue(t, cfg)
+	return svc
+}
+
+// runQueue starts workers with cfg and a Service over cfg.Pool that enqueues
+// through them, and stops them when the test ends.
+func runQueue(t *testing.T, cfg Config) (*Queue, *notifier.Service) {
+	t.Helper()
+	cfg.Workers = true
 	q, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc := notifier.NewService(pool, nil, &notifier.ServiceOpts{Enqueuer: q})
+	svc := notifier.NewService(cfg.Pool, nil, &notifier.ServiceOpts{Enqueuer: q})
 	if err := q.Start(context.Background(), svc); err != nil {
 		t.Fatal(err)
 	}
@@ -520,7 +529,7 @@ func startQueue(t *testing.T, url string, ch notifier.Channel, rates map[string]
 			t.Errorf("stop: %v", err)
 		}
 	})
-	return svc
+	return q, svc
 }
 
 // broadcastTo creates n recipients and an email broadcast to them.

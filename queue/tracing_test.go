@@ -68,29 +68,17 @@ func setupTracing(t *testing.T, traced bool) *tracingBundle {
 	provider := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusAccepted) }))
 	t.Cleanup(provider.Close)
 	ch := &httpChannel{client: &http.Client{Transport: telemetry.TraceTransport(tp, notifier.ChannelEmail, http.DefaultTransport)}, url: provider.URL}
-	q, err := New(Config{
-		Pool: b.pool, Channels: map[string]notifier.Channel{notifier.ChannelEmail: ch}, Workers: true,
+	q, svc := runQueue(t, Config{
+		Pool: b.pool, Channels: map[string]notifier.Channel{notifier.ChannelEmail: ch},
 		Limiter: NewPGLimiter(b.pool, map[string]float64{notifier.ChannelEmail: 100000}), TracerProvider: tp,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if (q.tracer != nil) != traced {
 		t.Fatalf("queue tracer %v with tracing %v", q.tracer, traced)
 	}
-	b.svc = notifier.NewService(b.pool, nil, &notifier.ServiceOpts{Enqueuer: q})
-	if err := q.Start(context.Background(), b.svc); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := q.Stop(ctx); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
+	b.svc = svc
 	b.api = httptest.NewServer(notifier.NewServer(b.svc, nil, &notifier.ServerOpts{TracerProvider: tp}))
 	t.Cleanup(b.api.Close)
+	var err error
 	if _, b.secret, err = b.svc.CreateAPIKey(context.Background(), "test", []string{notifier.ScopeSend}); err != nil {
 		t.Fatal(err)
 	}
