@@ -89,7 +89,7 @@ func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&o.poll, "poll", 250*time.Millisecond, "how often GET /v1/broadcasts/{id} is polled (at most every 10x its latency)")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Hour, "give up when the broadcast has not completed after this long")
 	fs.DurationVar(&o.stall, "stall", 3*time.Minute, "give up when no delivery changes state for this long")
-	fs.StringVar(&o.cpuProfileDir, "cpuprofile", "", "write a CPU profile (and heap profiles at RSS peaks) of each notifyd process into this directory")
+	fs.StringVar(&o.cpuProfileDir, "cpuprofile", "", "write a CPU profile (and heap profiles at RSS peaks) of each notifyd process, and a CPU profile of this one (the fakes), into this directory")
 	fs.BoolVar(&o.pgStats, "pg-stats", false, "load pg_stat_statements and print the statements that took the most time")
 	fs.DurationVar(&o.waitIdle, "wait-idle", 0, "before the broadcast, wait up to this long for the machine to be idle (other work under 0.2 cores for 10 s)")
 	fs.Float64Var(&o.emailRate, "email-rate", 1_000_000, "NOTIFYD_EMAIL_RATE of the children: SendGrid's rate limit in messages/s (the default never paces)")
@@ -693,6 +693,16 @@ func (b *bcBench) startChildren(ctx context.Context) error {
 		if err := os.MkdirAll(o.cpuProfileDir, 0o755); err != nil {
 			return err
 		}
+		// This process runs the fakes, which share the machine with notifyd.
+		f, err := os.Create(filepath.Join(o.cpuProfileDir, "bench-and-fakes.cpu.pprof"))
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		b.undo = append(b.undo, func() { pprof.StopCPUProfile(); f.Close() })
 	}
 	base := bcChildBaseEnv()
 	secret := bcRandomHex(24)
