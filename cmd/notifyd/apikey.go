@@ -26,7 +26,7 @@ func runAPIKey(ctx context.Context, args []string, getenv func(string) string, s
 	if err := fs.Parse(rest); err != nil {
 		return err
 	}
-	pool, err := openMigratedDB(ctx, c.DatabaseURL)
+	pool, err := openMigratedDB(ctx, c.DatabaseURL, minPoolConns)
 	if err != nil {
 		return err
 	}

@@ -73,6 +73,9 @@ type bcOptions struct {
 	// emailRate and pushRate are the providers' rate limits given to the
 	// children (messages/s); the default is high enough never to pace.
 	emailRate, pushRate float64
+	// cancelAfterExpansion cancels the broadcast once it is expanded, instead
+	// of waiting for its delivery.
+	cancelAfterExpansion bool
 }
 
 func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (*bcOptions, error) {
@@ -94,6 +97,11 @@ func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.DurationVar(&o.waitIdle, "wait-idle", 0, "before the broadcast, wait up to this long for the machine to be idle (other work under 0.2 cores for 10 s)")
 	fs.Float64Var(&o.emailRate, "email-rate", 1_000_000, "NOTIFYD_EMAIL_RATE of the children: SendGrid's rate limit in messages/s (the default never paces)")
 	fs.Float64Var(&o.pushRate, "push-rate", 1_000_000, "NOTIFYD_PUSH_RATE of the children: FCM's rate limit in messages/s (the default never paces)")
+	fs.BoolVar(&o.cancelAfterExpansion, "cancel-after-expansion", false,
+		"once the broadcast is expanded, cancel it (POST /admin/v1/broadcasts/{id}/cancel) instead of waiting for its delivery: "+
+			"with --email-rate and --push-rate at the providers' real limits (e.g. the service defaults, 1000/s) this measures the expansion "+
+			"while delivery runs paced, and the cancel of a large broadcast in flight (the POST's latency, the last in-flight send, "+
+			"what the providers still received after it returned)")
 	fs.BoolVar(&o.keep, "keep", false, "leave the database (and the cluster, running) in place afterwards, for EXPLAIN and friends")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -309,22 +317,25 @@ func (b *bcBench) waitIdle(ctx context.Context, limit time.Duration) error {
 
 // Fakes.
 
-// startFakes serves the SendGrid and FCM fakes on loopback, each behind a
-// counter that sees every accepted message (the SendGrid fake keeps only the
-// newest ones, to stay small).
+// startFakes serves the SendGrid and FCM fakes on loopback. Each tells a
+// counter about every message it accepted, and keeps only the newest ones, to
+// stay small.
 func (b *bcBench) startFakes() error {
 	b.sgKey = "SG.bench-" + bcRandomHex(8)
 	b.sendgrid = sendgridfake.New(b.sgKey)
 	b.sendgrid.SetRetention(1000)
 	b.fcm = fcmfake.NewServer("notifyd-bench")
+	b.fcm.SetRetention(1000)
 	b.emailSeen = newBcReceipts(b.opts.recipients)
 	b.pushSeen = newBcReceipts(b.opts.recipients)
+	b.sendgrid.SetObserver(func(m sendgridfake.Message) { b.emailSeen.add(m.ReceivedAt, strings.ToLower(m.To)) })
+	b.fcm.SetObserver(func(m fcmfake.Message) { b.pushSeen.add(m.End, m.Token) })
 	for _, f := range []struct {
 		handler http.Handler
 		url     *string
 	}{
-		{bcCountEmail(b.sendgrid, b.emailSeen), &b.sgURL},
-		{bcCountPush(b.fcm, b.pushSeen), &b.fcmURL},
+		{b.sendgrid, &b.sgURL},
+		{b.fcm, &b.fcmURL},
 	} {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -341,7 +352,6 @@ func (b *bcBench) startFakes() error {
 
 // bcReceipts counts what a fake accepted, by address or token.
 type bcReceipts struct {
-	pending sync.WaitGroup // bodies still being counted
 	mu      sync.Mutex
 	seen    map[string]uint32
 	total   int64
@@ -349,13 +359,17 @@ type bcReceipts struct {
 	dupKeys []string // the first few, for the report
 	first   time.Time
 	last    time.Time
+	// arrivals are the times of the messages accepted since recordArrivals
+	// was called: only around a cancel, so that they stay few.
+	recording bool
+	arrivals  []time.Time
 }
 
 func newBcReceipts(hint int) *bcReceipts {
 	return &bcReceipts{seen: make(map[string]uint32, hint)}
 }
 
-func (r *bcReceipts) add(at time.Time, keys []string) {
+func (r *bcReceipts) add(at time.Time, key string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.first.IsZero() || at.Before(r.first) {
@@ -364,120 +378,47 @@ func (r *bcReceipts) add(at time.Time, keys []string) {
 	if at.After(r.last) {
 		r.last = at
 	}
-	for _, k := range keys {
-		r.total++
-		n := r.seen[k]
-		if n > 0 {
-			r.dups++
-			if len(r.dupKeys) < 5 {
-				r.dupKeys = append(r.dupKeys, k)
-			}
+	r.total++
+	n := r.seen[key]
+	if n > 0 {
+		r.dups++
+		if len(r.dupKeys) < 5 {
+			r.dupKeys = append(r.dupKeys, key)
 		}
-		r.seen[k] = n + 1
+	}
+	r.seen[key] = n + 1
+	if r.recording {
+		r.arrivals = append(r.arrivals, at)
 	}
 }
 
-// snapshot waits for the counting to catch up and returns the totals.
+// recordArrivals keeps the time of every message accepted from now on, for
+// countAfter.
+func (r *bcReceipts) recordArrivals() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.recording = true
+}
+
+// countAfter is how many messages were accepted after t. t must not be
+// before the recordArrivals call.
+func (r *bcReceipts) countAfter(t time.Time) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n int64
+	for _, at := range r.arrivals {
+		if at.After(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// snapshot returns the totals.
 func (r *bcReceipts) snapshot() (total, distinct, dups int64, dupKeys []string, first, last time.Time) {
-	r.pending.Wait()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.total, int64(len(r.seen)), r.dups, slices.Clone(r.dupKeys), r.first, r.last
-}
-
-// bcStatusWriter remembers the status a handler answered.
-type bcStatusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *bcStatusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *bcStatusWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-// bcTee reads the body of a provider call, lets fake answer it, and when the
-// fake accepted it hands the body to count (off the request's path).
-func bcTee(fake http.Handler, isSend func(*http.Request) bool, ok func(int) bool, rec *bcReceipts, parse func([]byte) []string) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !isSend(r) {
-			fake.ServeHTTP(w, r)
-			return
-		}
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		sw := &bcStatusWriter{ResponseWriter: w}
-		fake.ServeHTTP(sw, r)
-		if ok(sw.status) {
-			at := time.Now()
-			rec.pending.Add(1)
-			go func() {
-				defer rec.pending.Done()
-				rec.add(at, parse(body))
-			}()
-		}
-	})
-}
-
-func bcCountEmail(fake *sendgridfake.Server, rec *bcReceipts) http.Handler {
-	return bcTee(fake,
-		func(r *http.Request) bool { return r.Method == http.MethodPost && r.URL.Path == "/v3/mail/send" },
-		func(status int) bool { return status == http.StatusAccepted },
-		rec, func(body []byte) []string {
-			var m struct {
-				Personalizations []struct {
-					To []struct {
-						Email string `json:"email"`
-					} `json:"to"`
-				} `json:"personalizations"`
-			}
-			if err := json.Unmarshal(body, &m); err != nil {
-				return []string{"(unparseable request)"}
-			}
-			var keys []string
-			for _, p := range m.Personalizations {
-				for _, to := range p.To {
-					keys = append(keys, strings.ToLower(to.Email))
-				}
-			}
-			return keys
-		})
-}
-
-func bcCountPush(fake *fcmfake.Server, rec *bcReceipts) http.Handler {
-	return bcTee(fake,
-		func(r *http.Request) bool {
-			return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/messages:send")
-		},
-		func(status int) bool { return status == http.StatusOK },
-		rec, func(body []byte) []string {
-			var m struct {
-				ValidateOnly bool `json:"validate_only"`
-				Message      struct {
-					Token string `json:"token"`
-				} `json:"message"`
-			}
-			if err := json.Unmarshal(body, &m); err != nil {
-				return []string{"(unparseable request)"}
-			}
-			if m.ValidateOnly {
-				return nil
-			}
-			return []string{m.Message.Token}
-		})
 }
 
 // Database.
@@ -899,6 +840,7 @@ type bcBroadcastView struct {
 		Sent       int64 `json:"sent"`
 		Failed     int64 `json:"failed"`
 		Suppressed int64 `json:"suppressed"`
+		Cancelled  int64 `json:"cancelled"`
 		Unknown    int64 `json:"unknown"`
 	} `json:"counts"`
 	Channels map[string]notifier.ChannelCounts `json:"channels"`
@@ -910,7 +852,8 @@ func (b *bcBench) api(ctx context.Context, method, path, idemKey string, body []
 	return status, raw, err
 }
 
-// broadcast POSTs the broadcast and follows it to completion, drawing progress.
+// broadcast POSTs the broadcast and follows it to completion, drawing progress;
+// with --cancel-after-expansion, until it is expanded, and then cancels it.
 func (b *bcBench) broadcast(ctx context.Context, rep *bcReport) error {
 	o := b.opts
 	in := map[string]any{
@@ -954,10 +897,54 @@ func (b *bcBench) broadcast(ctx context.Context, rep *bcReport) error {
 		return fmt.Errorf("POST /v1/broadcasts: no id in %s", bcSnippet(raw))
 	}
 	rep.broadcastID = created.ID
-	return b.follow(ctx, rep)
+	if err := b.follow(ctx, rep); err != nil {
+		return err
+	}
+	if o.cancelAfterExpansion {
+		return b.cancelAndSettle(ctx, rep)
+	}
+	return nil
 }
 
-// follow polls the broadcast until it completes, fails, stalls or times out.
+// getBroadcast reads GET /v1/broadcasts/{id}, counting the poll for the report.
+func (b *bcBench) getBroadcast(ctx context.Context, rep *bcReport) (bcBroadcastView, time.Duration, error) {
+	path := "/v1/broadcasts/" + strconv.FormatInt(rep.broadcastID, 10)
+	var v bcBroadcastView
+	start := time.Now()
+	status, raw, err := b.api(ctx, http.MethodGet, path, "", nil)
+	lat := time.Since(start)
+	if err != nil {
+		if ctx.Err() != nil {
+			return v, lat, ctx.Err()
+		}
+		return v, lat, fmt.Errorf("GET %s: %w", path, err)
+	}
+	if status != http.StatusOK {
+		return v, lat, fmt.Errorf("GET %s = %d %s", path, status, bcSnippet(raw))
+	}
+	rep.polls++
+	rep.pollTotal += lat
+	rep.pollMax = max(rep.pollMax, lat)
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, lat, fmt.Errorf("GET %s: %w", path, err)
+	}
+	return v, lat, nil
+}
+
+// childrenAlive fails when a notifyd process exited during the run.
+func (b *bcBench) childrenAlive() error {
+	for _, c := range b.children {
+		select {
+		case <-c.done:
+			return fmt.Errorf("notifyd (%s, pid %d) exited during the run: %v\n%s", c.role, c.pid, c.exitErr, bcTail(c.logPath, 15))
+		default:
+		}
+	}
+	return nil
+}
+
+// follow polls the broadcast until it completes (with --cancel-after-expansion:
+// until it is expanded), fails, stalls or times out.
 func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
 	o := b.opts
 	expected := int64(o.recipients) * int64(len(o.channels))
@@ -965,45 +952,38 @@ func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
 	deadline := rep.postedAt.Add(o.timeout)
 	lastChange, lastKey := time.Now(), ""
 	var lastLine time.Time
-	path := "/v1/broadcasts/" + strconv.FormatInt(rep.broadcastID, 10)
+	// A broadcast turns sending when its expansion is done.
+	until := notifier.StatusCompleted
+	if o.cancelAfterExpansion {
+		until = notifier.StatusSending
+	}
 	defer func() {
 		if terminal {
 			fmt.Fprintln(b.stderr)
 		}
 	}()
 	for {
-		start := time.Now()
-		status, raw, err := b.api(ctx, http.MethodGet, path, "", nil)
-		lat := time.Since(start)
+		v, lat, err := b.getBroadcast(ctx, rep)
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("GET %s: %w", path, err)
-		}
-		if status != http.StatusOK {
-			return fmt.Errorf("GET %s = %d %s", path, status, bcSnippet(raw))
-		}
-		rep.polls++
-		rep.pollTotal += lat
-		rep.pollMax = max(rep.pollMax, lat)
-		var v bcBroadcastView
-		if err := json.Unmarshal(raw, &v); err != nil {
-			return fmt.Errorf("GET %s: %w", path, err)
+			return err
 		}
 		line := bcProgressLine(&v, o.channels, expected, time.Since(rep.postedAt))
 		switch {
 		case terminal:
 			fmt.Fprintf(b.stderr, "\r%-150s", line)
-		case time.Since(lastLine) >= 5*time.Second || v.Status == notifier.StatusCompleted:
+		case time.Since(lastLine) >= 5*time.Second || v.Status == until:
 			fmt.Fprintln(b.stderr, line)
 			lastLine = time.Now()
 		}
 		switch v.Status {
-		case notifier.StatusCompleted:
+		case until:
 			rep.observedDone = time.Since(rep.postedAt)
 			rep.final = v
 			return nil
+		case notifier.StatusCompleted: // only with --cancel-after-expansion
+			rep.final = v
+			return fmt.Errorf("broadcast %d completed before it was seen expanded, so it could not be cancelled: "+
+				"lower --email-rate/--push-rate or raise --recipients", v.ID)
 		case notifier.StatusFailed, notifier.StatusCancelled, notifier.StatusPaused:
 			rep.final = v
 			return fmt.Errorf("broadcast %d ended %s %s", v.ID, v.Status, v.Failure)
@@ -1025,12 +1005,8 @@ func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
 		// of the time, well under the work it observes. The end-to-end figure
 		// comes from the database's timestamps, not from this loop.
 		wait := max(o.poll, 10*lat)
-		for _, c := range b.children {
-			select {
-			case <-c.done:
-				return fmt.Errorf("notifyd (%s, pid %d) exited during the run: %v\n%s", c.role, c.pid, c.exitErr, bcTail(c.logPath, 15))
-			default:
-			}
+		if err := b.childrenAlive(); err != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
@@ -1038,6 +1014,84 @@ func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// bcCancel is what --cancel-after-expansion measured of the cancel.
+type bcCancel struct {
+	postedAt, answeredAt time.Time // the POST was sent, its answer arrived
+	result               notifier.ControlResult
+}
+
+func (c *bcCancel) latency() time.Duration { return c.answeredAt.Sub(c.postedAt) }
+
+// summary renders the cancel's answer.
+func (c *bcCancel) summary() string {
+	n := c.result.Counts
+	return fmt.Sprintf("status %s (changed %t): sent %s, cancelled %s, in flight %s, pending %s, failed %s, suppressed %s, unknown %s",
+		c.result.Status, c.result.Changed, thousands(n.Sent), thousands(n.Cancelled), thousands(n.InFlight), thousands(n.Pending),
+		thousands(n.Failed), thousands(n.Suppressed), thousands(n.Unknown))
+}
+
+// cancelAndSettle cancels the expanded broadcast and times the call, then waits
+// until none of its deliveries is pending or sending (calls in flight when the
+// cancel returned may finish), and one second more, so that a provider call
+// that started after the cancel would have reached the fakes.
+func (b *bcBench) cancelAndSettle(ctx context.Context, rep *bcReport) error {
+	o := b.opts
+	path := "/admin/v1/broadcasts/" + strconv.FormatInt(rep.broadcastID, 10) + "/cancel"
+	// From here on the fakes' arrival times are kept, to count what came
+	// after the answer.
+	b.emailSeen.recordArrivals()
+	b.pushSeen.recordArrivals()
+	c := &bcCancel{}
+	rep.cancel = c
+	b.say("POST %s ...", path)
+	c.postedAt = time.Now()
+	status, raw, err := b.api(ctx, http.MethodPost, path, "", nil)
+	c.answeredAt = time.Now()
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", path, err)
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("POST %s = %d %s", path, status, bcSnippet(raw))
+	}
+	if err := json.Unmarshal(raw, &c.result); err != nil {
+		return fmt.Errorf("POST %s: %w in %s", path, err, bcSnippet(raw))
+	}
+	b.say("cancel answered in %s: %s", bcMillis(c.latency()), c.summary())
+
+	deadline := time.Now().Add(o.stall)
+	for {
+		v, _, err := b.getBroadcast(ctx, rep)
+		if err != nil {
+			return err
+		}
+		rep.final = v
+		if v.Counts.Pending == 0 && v.Counts.Sending == 0 {
+			rep.observedDone = time.Since(rep.postedAt)
+			break
+		}
+		if time.Now().After(deadline) {
+			// Not an error here: measure reports what is left as a problem.
+			b.say("%s after the cancel, %s deliveries are still pending and %s sending",
+				o.stall, thousands(v.Counts.Pending), thousands(v.Counts.Sending))
+			break
+		}
+		if err := b.childrenAlive(); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(o.poll):
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Second):
+	}
+	return nil
 }
 
 func bcProgressLine(v *bcBroadcastView, channels []string, expected int64, elapsed time.Duration) string {
@@ -1073,14 +1127,18 @@ type bcReport struct {
 	pollMax      time.Duration
 
 	createdAt, expandedAt, completedAt time.Time
-	audience                           int64
-	deliveries                         int64
-	perChannel                         []bcChannelResult
-	idleRSS                            []int64
-	procs                              []bcProcMem
-	cpu                                bcCPUUse
-	pgStats                            []string
-	problems                           []string
+	// with --cancel-after-expansion: the cancel, when the broadcast was
+	// cancelled, and when its last delivery finished (database times)
+	cancel                 *bcCancel
+	cancelledAt, settledAt time.Time
+	audience               int64
+	deliveries             int64
+	perChannel             []bcChannelResult
+	idleRSS                []int64
+	procs                  []bcProcMem
+	cpu                    bcCPUUse
+	pgStats                []string
+	problems               []string
 }
 
 type bcChannelResult struct {
@@ -1096,6 +1154,11 @@ type bcChannelResult struct {
 	dupKeys                  []string
 	fakeCount                int64
 	recvFirst, recvLast      time.Time
+	// with --cancel-after-expansion: when the last delivery that was not
+	// cancelled finished, and what the receiver accepted after the cancel
+	// returned
+	lastInFlightEnd     time.Time
+	receivedAfterCancel int64
 }
 
 func (c *bcChannelResult) rate() float64 {
@@ -1131,9 +1194,9 @@ func (r *bcReport) expansionRate() float64 {
 
 // measure reads the run's figures from Postgres and the fakes.
 func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
-	var expandedAt, completedAt *time.Time
-	err := b.pool.QueryRow(ctx, `SELECT created_at, expanded_at, completed_at, audience_size FROM broadcasts WHERE id = $1`, rep.broadcastID).
-		Scan(&rep.createdAt, &expandedAt, &completedAt, &rep.audience)
+	var expandedAt, completedAt, cancelledAt *time.Time
+	err := b.pool.QueryRow(ctx, `SELECT created_at, expanded_at, completed_at, cancelled_at, audience_size FROM broadcasts WHERE id = $1`, rep.broadcastID).
+		Scan(&rep.createdAt, &expandedAt, &completedAt, &cancelledAt, &rep.audience)
 	if err != nil {
 		return err
 	}
@@ -1142,6 +1205,9 @@ func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
 	}
 	if completedAt != nil {
 		rep.completedAt = *completedAt
+	}
+	if cancelledAt != nil {
+		rep.cancelledAt, rep.settledAt = *cancelledAt, *cancelledAt
 	}
 	rows, err := b.pool.Query(ctx, `SELECT channel, status, count(*), min(claimed_at), max(finished_at)
 		FROM deliveries WHERE broadcast_id = $1 GROUP BY channel, status`, rep.broadcastID)
@@ -1168,6 +1234,14 @@ func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
 		c.deliveries += n
 		c.byStatus[status] += n
 		rep.deliveries += n
+		if finished != nil {
+			if finished.After(rep.settledAt) {
+				rep.settledAt = *finished
+			}
+			if status != notifier.DeliveryCancelled && finished.After(c.lastInFlightEnd) {
+				c.lastInFlightEnd = *finished
+			}
+		}
 		if status == notifier.DeliverySent {
 			c.sent = n
 			if claimed != nil {
@@ -1210,9 +1284,15 @@ func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
 		case notifier.ChannelEmail:
 			c.received, c.distinct, c.dups, c.dupKeys, c.recvFirst, c.recvLast = b.emailSeen.snapshot()
 			c.fakeCount = int64(b.sendgrid.Count())
+			if rep.cancel != nil {
+				c.receivedAfterCancel = b.emailSeen.countAfter(rep.cancel.answeredAt)
+			}
 		case notifier.ChannelPush:
 			c.received, c.distinct, c.dups, c.dupKeys, c.recvFirst, c.recvLast = b.pushSeen.snapshot()
 			c.fakeCount = int64(b.fcm.Count())
+			if rep.cancel != nil {
+				c.receivedAfterCancel = b.pushSeen.countAfter(rep.cancel.answeredAt)
+			}
 		case notifier.ChannelInbox:
 			err := b.pool.QueryRow(ctx, `SELECT count(*), count(DISTINCT recipient_id), min(created_at), max(created_at)
 				FROM inbox_items WHERE broadcast_id = $1`, rep.broadcastID).Scan(&c.received, &c.distinct, &c.recvFirst, &c.recvLast)
@@ -1227,6 +1307,14 @@ func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
 					c.dupKeys, _ = pgx.CollectRows(dupRows, pgx.RowTo[string])
 				}
 			}
+			if rep.cancel != nil {
+				// created_at is the inserting transaction's start, on this machine's clock.
+				err := b.pool.QueryRow(ctx, `SELECT count(*) FROM inbox_items WHERE broadcast_id = $1 AND created_at > $2`,
+					rep.broadcastID, rep.cancel.answeredAt).Scan(&c.receivedAfterCancel)
+				if err != nil {
+					return err
+				}
+			}
 		}
 		rep.perChannel = append(rep.perChannel, *c)
 	}
@@ -1234,6 +1322,10 @@ func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
 	want := int64(b.opts.recipients)
 	if rep.audience != want {
 		rep.problems = append(rep.problems, fmt.Sprintf("audience is %s recipients, want %s", thousands(rep.audience), thousands(want)))
+	}
+	if rep.cancel != nil {
+		rep.problems = append(rep.problems, rep.cancelProblems()...)
+		return nil
 	}
 	for _, c := range rep.perChannel {
 		if c.deliveries != want || c.sent != want {
@@ -1253,6 +1345,43 @@ func (b *bcBench) measure(ctx context.Context, rep *bcReport) error {
 		}
 	}
 	return nil
+}
+
+// cancelProblems are the checks of a cancelled run: every delivery ended, none
+// was received twice, and the providers received no more than the database
+// counts as sent. Messages that arrived after the cancel returned are reported,
+// not judged: calls in flight then may finish.
+func (r *bcReport) cancelProblems() []string {
+	var problems []string
+	for _, c := range r.perChannel {
+		if c.dups > 0 {
+			problems = append(problems, fmt.Sprintf("DUPLICATES: %s received %s messages twice or more (e.g. %s)",
+				c.channel, thousands(c.dups), strings.Join(c.dupKeys, ", ")))
+		}
+		if received := max(c.received, c.fakeCount); received > c.sent {
+			problems = append(problems, fmt.Sprintf("%s: the provider received %s messages (fake's own count %s), the database counts %s sent",
+				c.channel, thousands(c.received), thousands(c.fakeCount), thousands(c.sent)))
+		}
+		if ended := c.endedCount(); ended != c.deliveries {
+			problems = append(problems, fmt.Sprintf("%s: sent+cancelled+suppressed+failed+unknown is %s, not the %s deliveries (by status: %v)",
+				c.channel, thousands(ended), thousands(c.deliveries), c.byStatus))
+		}
+		if left := c.byStatus[notifier.DeliveryPending] + c.byStatus[notifier.DeliverySending]; left > 0 {
+			problems = append(problems, fmt.Sprintf("%s: %s deliveries still pending or sending at the end (by status: %v)",
+				c.channel, thousands(left), c.byStatus))
+		}
+	}
+	return problems
+}
+
+// endedCount is how many deliveries reached a final status.
+func (c *bcChannelResult) endedCount() int64 {
+	var n int64
+	for _, s := range []string{notifier.DeliverySent, notifier.DeliveryCancelled, notifier.DeliverySuppressed,
+		notifier.DeliveryFailed, notifier.DeliveryUnknown} {
+		n += c.byStatus[s]
+	}
+	return n
 }
 
 func (b *bcBench) topStatements(ctx context.Context) ([]string, error) {
@@ -1316,20 +1445,28 @@ func (b *bcBench) printReport(r *bcReport) {
 			bcSeconds(time.Duration(r.expansionSeconds()*float64(time.Second))), thousands(int64(r.expansionRate())),
 			bcGoal(r.expansionRate() >= bcGoalExpansion, "100,000/s"))
 	}
-	for _, c := range r.perChannel {
-		goal := ""
-		switch c.channel {
-		case notifier.ChannelEmail:
-			goal = bcGoal(c.rate() >= bcGoalEmail, "20,000/s")
-		case notifier.ChannelPush:
-			goal = bcGoal(c.rate() >= bcGoalPush, "5,000/s")
+	if r.cancel != nil {
+		r.printCancelResults(tw) // no delivery rates: the broadcast was cancelled
+	} else {
+		for _, c := range r.perChannel {
+			goal := ""
+			switch c.channel {
+			case notifier.ChannelEmail:
+				goal = bcGoal(c.rate() >= bcGoalEmail, "20,000/s")
+			case notifier.ChannelPush:
+				goal = bcGoal(c.rate() >= bcGoalPush, "5,000/s")
+			}
+			fmt.Fprintf(tw, "%s delivery\t%s sent in %s\t%s msgs/s\t%s\n", c.channel, thousands(c.sent),
+				bcSeconds(c.lastEnd.Sub(c.firstClaim)), thousands(int64(c.rate())), goal)
 		}
-		fmt.Fprintf(tw, "%s delivery\t%s sent in %s\t%s msgs/s\t%s\n", c.channel, thousands(c.sent),
-			bcSeconds(c.lastEnd.Sub(c.firstClaim)), thousands(int64(c.rate())), goal)
 	}
 	if !r.completedAt.IsZero() {
 		fmt.Fprintf(tw, "end to end\tcreated -> completed %s\t(client saw %s, POST took %s)\t\n",
 			bcSeconds(r.completedAt.Sub(r.createdAt)), bcSeconds(r.observedDone), bcMillis(r.postLatency))
+	}
+	if r.cancel != nil && !r.settledAt.IsZero() {
+		fmt.Fprintf(tw, "end to end\tcreated -> cancelled settled %s\t(client saw %s, POST took %s)\t\n",
+			bcSeconds(r.settledAt.Sub(r.createdAt)), bcSeconds(r.observedDone), bcMillis(r.postLatency))
 	}
 	for i, p := range r.procs {
 		idle := int64(-1)
@@ -1340,6 +1477,9 @@ func (b *bcBench) printReport(r *bcReport) {
 			bcMB(p.peakKiB()), bcMB(p.hwmKiB), bcMB(p.maxSampledKiB), bcMB(idle), bcGoal(float64(p.peakKiB())*1024 <= bcGoalRSSBytes, "150 MB"))
 	}
 	tw.Flush()
+	if r.cancel != nil {
+		fmt.Fprintf(out, "delivery paced at %s: delivery goals not measured in this mode\n", r.pacing())
+	}
 
 	fmt.Fprintln(out, "\ndetails")
 	tw = tabwriter.NewWriter(out, 2, 8, 2, ' ', 0)
@@ -1376,11 +1516,19 @@ func (b *bcBench) printReport(r *bcReport) {
 		fmt.Fprintf(tw, "observer\t%d polls of GET /v1/broadcasts/{id}, mean %s, max %s\n", r.polls,
 			bcMillis(r.pollTotal/time.Duration(r.polls)), bcMillis(r.pollMax))
 	}
-	fmt.Fprintf(tw, "CPU\tcores used from POST to completed: %s\n", r.cpu)
+	end := "completed"
+	if r.cancel != nil {
+		end = "cancelled settled"
+	}
+	fmt.Fprintf(tw, "CPU\tcores used from POST to %s: %s\n", end, r.cpu)
 	fmt.Fprintf(tw, "\tCPU time per delivery: %s\n", r.cpu.perDelivery(r.deliveries))
 	tw.Flush()
 
 	for _, c := range r.perChannel {
+		if r.cancel != nil {
+			r.printCancelCheck(out, c)
+			continue
+		}
 		status := "OK"
 		if c.sent != int64(r.opts.recipients) || c.dups > 0 || c.received != c.sent || c.distinct != c.sent {
 			status = "FAILED"
@@ -1402,9 +1550,66 @@ func (b *bcBench) printReport(r *bcReport) {
 	for _, p := range r.problems {
 		fmt.Fprintf(out, "\n!!! ERROR: %s\n", p)
 	}
-	if len(r.problems) == 0 && len(r.perChannel) > 0 {
+	switch {
+	case len(r.problems) > 0 || len(r.perChannel) == 0:
+	case r.cancel != nil:
+		fmt.Fprintln(out, "\ncancel held: every delivery ended, none received twice, the providers received no more than was recorded sent")
+	default:
 		fmt.Fprintln(out, "\nall deliveries sent once; no duplicates")
 	}
+}
+
+// printCancelResults writes the cancel's lines of RESULTS: per channel what
+// was sent and cancelled, then the cancel call.
+func (r *bcReport) printCancelResults(tw io.Writer) {
+	c := r.cancel
+	for _, ch := range r.perChannel {
+		last := "none sent"
+		if !ch.lastInFlightEnd.IsZero() {
+			last = "last send finished " + bcBeforeAfter(ch.lastInFlightEnd.Sub(c.postedAt)) + " the cancel POST"
+		}
+		fmt.Fprintf(tw, "%s\tsent before cancel %s, cancelled %s\t%s\treceived after the cancel returned: %s\n", ch.channel,
+			thousands(ch.sent), thousands(ch.byStatus[notifier.DeliveryCancelled]), last, thousands(ch.receivedAfterCancel))
+	}
+	if c.answeredAt.IsZero() {
+		return // the call failed: the run's error says why
+	}
+	n := c.result.Counts
+	fmt.Fprintf(tw, "cancel\tPOST took %s\tanswer: %s, sent %s, cancelled %s\tin flight %s, pending %s\n", bcMillis(c.latency()),
+		c.result.Status, thousands(n.Sent), thousands(n.Cancelled), thousands(n.InFlight), thousands(n.Pending))
+}
+
+// printCancelCheck writes one channel's check line of a cancelled run.
+func (r *bcReport) printCancelCheck(out io.Writer, c bcChannelResult) {
+	status := "OK"
+	left := c.byStatus[notifier.DeliveryPending] + c.byStatus[notifier.DeliverySending]
+	if c.dups > 0 || max(c.received, c.fakeCount) > c.sent || c.endedCount() != c.deliveries || left > 0 {
+		status = "FAILED"
+	}
+	fmt.Fprintf(out, "check %s: sent %s + cancelled %s + suppressed %s + failed %s + unknown %s = %s of %s deliveries, %s pending or sending; "+
+		"received %s (%s distinct, %s duplicates, %s after the cancel returned): %s\n", c.channel,
+		thousands(c.sent), thousands(c.byStatus[notifier.DeliveryCancelled]), thousands(c.byStatus[notifier.DeliverySuppressed]),
+		thousands(c.byStatus[notifier.DeliveryFailed]), thousands(c.byStatus[notifier.DeliveryUnknown]), thousands(c.endedCount()),
+		thousands(c.deliveries), thousands(left), thousands(c.received), thousands(c.distinct), thousands(c.dups),
+		thousands(c.receivedAfterCancel), status)
+}
+
+// pacing renders the provider rate limits of the run's channels.
+func (r *bcReport) pacing() string {
+	rates := map[string]float64{notifier.ChannelEmail: r.opts.emailRate, notifier.ChannelPush: r.opts.pushRate}
+	var parts []string
+	for _, ch := range r.channels {
+		if rate, ok := rates[ch]; ok {
+			parts = append(parts, ch+" "+thousands(int64(rate))+"/s")
+		}
+	}
+	if len(parts) == 0 {
+		return "no provider rate (inbox only)"
+	}
+	if r.opts.emailRate == r.opts.pushRate {
+		return thousands(int64(r.opts.emailRate)) + "/s per channel"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // CPU accounting from /proc.
@@ -1628,6 +1833,14 @@ func bcMB(kib int64) string {
 		return "n/a"
 	}
 	return strconv.FormatFloat(float64(kib)*1024/1e6, 'f', 1, 64) + " MB"
+}
+
+// bcBeforeAfter renders d as "X ms after", or "X ms before" when negative.
+func bcBeforeAfter(d time.Duration) string {
+	if d < 0 {
+		return bcMillis(-d) + " before"
+	}
+	return bcMillis(d) + " after"
 }
 
 func bcDiv(a, b float64) float64 {

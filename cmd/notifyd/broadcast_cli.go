@@ -61,7 +61,7 @@ func runBroadcast(ctx context.Context, args []string, getenv func(string) string
 		return fmt.Errorf("--interval must be a positive duration such as 1s, not %s", *interval)
 	}
 
-	pool, err := openMigratedDB(ctx, c.DatabaseURL)
+	pool, err := openMigratedDB(ctx, c.DatabaseURL, minPoolConns)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/notifyd/notifyd/migrations/pgtest"
 )
 
 // The timing and worker settings: defaults, environment, flags, and errors
@@ -20,13 +22,13 @@ func TestConfigTimingAndWorkerSettings(t *testing.T) {
 		check   func(t *testing.T, c *config)
 	}{
 		{name: "defaults", check: func(t *testing.T, c *config) {
-			if c.SendTimeout != 30*time.Second || c.RescueAfter != 3*time.Minute || c.BulkWorkers != 4 {
-				t.Errorf("send timeout %s, rescue after %s, bulk workers %d; want 30s, 3m, 4", c.SendTimeout, c.RescueAfter, c.BulkWorkers)
+			if c.SendTimeout != 30*time.Second || c.RescueAfter != 3*time.Minute || c.BulkWorkers != 8 {
+				t.Errorf("send timeout %s, rescue after %s, bulk workers %d; want 30s, 3m, 8", c.SendTimeout, c.RescueAfter, c.BulkWorkers)
 			}
 		}},
-		{name: "from the environment", env: map[string]string{"NOTIFYD_SEND_TIMEOUT": "10s", "NOTIFYD_RESCUE_AFTER": "80s", "NOTIFYD_BULK_WORKERS": "8"},
+		{name: "from the environment", env: map[string]string{"NOTIFYD_SEND_TIMEOUT": "10s", "NOTIFYD_RESCUE_AFTER": "80s", "NOTIFYD_BULK_WORKERS": "6"},
 			check: func(t *testing.T, c *config) {
-				if c.SendTimeout != 10*time.Second || c.RescueAfter != 80*time.Second || c.BulkWorkers != 8 {
+				if c.SendTimeout != 10*time.Second || c.RescueAfter != 80*time.Second || c.BulkWorkers != 6 {
 					t.Errorf("got %s, %s, %d", c.SendTimeout, c.RescueAfter, c.BulkWorkers)
 				}
 			}},
@@ -101,5 +103,47 @@ func TestPoolSizeMustOutgrowTheBulkWorkers(t *testing.T) {
 		if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 			t.Errorf("role %s, %d bulk workers, pool of %d: error %v, want %q", tc.role, tc.bulk, tc.maxConns, err, tc.wantErr)
 		}
+	}
+}
+
+// Without pool_max_conns in DATABASE_URL, a worker's pool is sized for its bulk
+// workers, so the defaults never trip checkPoolSize; with it, the URL wins.
+func TestPoolIsSizedForTheBulkWorkers(t *testing.T) {
+	t.Parallel()
+	for _, bulk := range []int{1, 4, 8, 30} {
+		for _, role := range []string{"all", "worker", "api"} {
+			c := &config{Role: role, BulkWorkers: bulk}
+			if err := checkPoolSize(c, poolConnsFor(c)); err != nil {
+				t.Errorf("role %s, %d bulk workers: the default pool of %d is refused: %v", role, bulk, poolConnsFor(c), err)
+			}
+		}
+	}
+	if got := poolConnsFor(&config{Role: "api", BulkWorkers: 30}); got != minPoolConns {
+		t.Errorf("an API process opens %d connections, want %d", got, minPoolConns)
+	}
+
+	dbURL := pgtest.NewDatabase(t)
+	sep := "?"
+	if strings.Contains(dbURL, "?") {
+		sep = "&"
+	}
+	for _, tc := range []struct {
+		url   string
+		conns int32
+		want  int32
+	}{
+		{dbURL, 40, 40},
+		{dbURL, 5, minPoolConns},
+		{dbURL + sep + "pool_max_conns=25", 40, 25},
+		{dbURL + sep + "pool_max_conns=5", 40, minPoolConns},
+	} {
+		pool, err := openSizedDB(t.Context(), tc.url, tc.conns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pool.Config().MaxConns; got != tc.want {
+			t.Errorf("openSizedDB(%s, %d): pool of %d, want %d", tc.url, tc.conns, got, tc.want)
+		}
+		pool.Close()
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -13,9 +14,18 @@ import (
 	"github.com/notifyd/notifyd/migrations"
 )
 
+// minPoolConns is the smallest pool notifyd opens, whatever DATABASE_URL says.
+const minPoolConns = 20
+
 // openDB connects to the database and turns the usual failures into one line
 // that says what to do.
 func openDB(ctx context.Context, databaseURL string) (*pgxpool.Pool, error) {
+	return openSizedDB(ctx, databaseURL, minPoolConns)
+}
+
+// openSizedDB is openDB with a pool of conns connections, unless DATABASE_URL
+// sets pool_max_conns itself.
+func openSizedDB(ctx context.Context, databaseURL string, conns int32) (*pgxpool.Pool, error) {
 	if databaseURL == "" {
 		return nil, errors.New("DATABASE_URL is not set: set it (or --database-url), or run `notifyd dev` for a local setup")
 	}
@@ -23,9 +33,10 @@ func openDB(ctx context.Context, databaseURL string) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, errors.New("DATABASE_URL is not a valid PostgreSQL URL (postgres://user:pass@host:5432/db)")
 	}
-	if cfg.MaxConns < 20 {
-		cfg.MaxConns = 20
+	if !strings.Contains(databaseURL, "pool_max_conns") {
+		cfg.MaxConns = max(cfg.MaxConns, conns)
 	}
+	cfg.MaxConns = max(cfg.MaxConns, minPoolConns)
 	// PostgreSQL compiles a plan whose estimated cost passes jit_above_cost, and
 	// an expansion chunk always does: 100-160 ms of compiling for a statement
 	// that runs about as long, every chunk. Our statements are short and many;
@@ -62,8 +73,8 @@ func describeConnectError(host string, port uint16, database string, err error) 
 }
 
 // openMigratedDB is openDB plus a check that the schema is current.
-func openMigratedDB(ctx context.Context, databaseURL string) (*pgxpool.Pool, error) {
-	pool, err := openDB(ctx, databaseURL)
+func openMigratedDB(ctx context.Context, databaseURL string, conns int32) (*pgxpool.Pool, error) {
+	pool, err := openSizedDB(ctx, databaseURL, conns)
 	if err != nil {
 		return nil, err
 	}

@@ -60,7 +60,7 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	if err != nil {
 		return err
 	}
-	pool, err := openDB(ctx, databaseURL)
+	pool, err := openSizedDB(ctx, databaseURL, poolConnsFor(c))
 	if err != nil {
 		return err
 	}

@@ -44,7 +44,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	// Deferred first, so it runs last: spans are flushed after the drain.
 	defer stopTracing()
-	pool, err := openMigratedDB(ctx, c.DatabaseURL)
+	pool, err := openMigratedDB(ctx, c.DatabaseURL, poolConnsFor(c))
 	if err != nil {
 		return err
 	}
@@ -53,6 +53,16 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	return serve(ctx, c, pool, logger, &serveHooks{tracing: tracing})
+}
+
+// poolConnsFor is the pool a process of c's role opens when DATABASE_URL does
+// not set pool_max_conns: what checkPoolSize asks for, plus room for the
+// expansion's parallel ranges (which take up to half the pool).
+func poolConnsFor(c *config) int32 {
+	if c.Role == "api" {
+		return minPoolConns
+	}
+	return int32(max(minPoolConns, 3*c.BulkWorkers+16))
 }
 
 // checkPoolSize refuses a pool that the workers could exhaust for good: a

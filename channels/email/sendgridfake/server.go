@@ -111,6 +111,7 @@ type Server struct {
 	retain   int
 	msgs     []Message
 	reqs     []RequestRecord
+	observe  func(Message)
 	// changed is closed and replaced whenever messages are accepted.
 	changed chan struct{}
 }
@@ -165,6 +166,16 @@ func (s *Server) SetRetention(n int) {
 	s.mu.Lock()
 	s.retain = n
 	s.trimLocked()
+	s.mu.Unlock()
+}
+
+// SetObserver calls observe with every message accepted from now on, after it
+// is recorded and before the answer is sent. It runs on the request's
+// goroutine, so it must be quick and safe for concurrent use. Benchmarks count
+// what arrived with it, without keeping it.
+func (s *Server) SetObserver(observe func(Message)) {
+	s.mu.Lock()
+	s.observe = observe
 	s.mu.Unlock()
 }
 
@@ -264,7 +275,13 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 		close(s.changed)
 		s.changed = make(chan struct{})
 	}
+	observe := s.observe
 	s.mu.Unlock()
+	if observe != nil {
+		for _, m := range msgs {
+			observe(m)
+		}
+	}
 
 	switch {
 	case status == 0: // the client is gone

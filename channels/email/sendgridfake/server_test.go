@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -395,6 +396,13 @@ func TestResetAndRetention(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.fake.SetRetention(3)
+	var mu sync.Mutex
+	var observed []string
+	b.fake.SetObserver(func(m sendgridfake.Message) {
+		mu.Lock()
+		observed = append(observed, m.To)
+		mu.Unlock()
+	})
 	for i := range 5 {
 		post(t, t.Context(), b.url, testKey, mailJSON(fmt.Sprint(i), fmt.Sprintf("u%d@example.com", i), fmt.Sprintf("v%d@example.com", i)))
 	}
@@ -405,6 +413,11 @@ func TestResetAndRetention(t *testing.T) {
 	if msgs[2].To != "v4@example.com" || msgs[0].To != "v3@example.com" {
 		t.Errorf("retained %s..%s, want the newest three", msgs[0].To, msgs[2].To)
 	}
+	mu.Lock()
+	if len(observed) != 10 || observed[0] != "u0@example.com" || observed[9] != "v4@example.com" {
+		t.Errorf("observed %v, want all 10 accepted messages in order", observed)
+	}
+	mu.Unlock()
 	b.fake.Reset()
 	if b.fake.Count() != 0 || len(b.fake.Messages()) != 0 || len(b.fake.Requests()) != 0 {
 		t.Error("Reset left records behind")

@@ -86,6 +86,9 @@ type Server struct {
 	mu           sync.Mutex
 	msgs         []Message
 	reqs         []RequestRecord
+	count        int // messages accepted, retained or not
+	retain       int // keep only the newest retain messages and requests (0: all)
+	observe      func(Message)
 	unregistered map[string]struct{}
 	behavior     Behavior
 	failNext     failNext
@@ -149,8 +152,28 @@ func (s *Server) FailNext(n int, status int, retryAfter time.Duration) {
 	s.mu.Unlock()
 }
 
-// Messages returns the accepted messages, oldest first. The Data and APNSHeaders
-// maps are shared with the fake and must not be modified.
+// SetRetention keeps only the newest n messages and n requests (0: all, the
+// default). Count and WaitFor still see every accepted message; for long runs
+// and benchmarks, where a million kept messages would weigh on the process.
+func (s *Server) SetRetention(n int) {
+	s.mu.Lock()
+	s.retain = n
+	s.trimLocked()
+	s.mu.Unlock()
+}
+
+// SetObserver calls observe with every message accepted from now on (not
+// validate_only ones), after it is recorded and before the answer is sent.
+// It runs on the request's goroutine, so it must be quick and safe for
+// concurrent use. Benchmarks count what arrived with it, without keeping it.
+func (s *Server) SetObserver(observe func(Message)) {
+	s.mu.Lock()
+	s.observe = observe
+	s.mu.Unlock()
+}
+
+// Messages returns the retained accepted messages, oldest first. The Data and
+// APNSHeaders maps are shared with the fake and must not be modified.
 func (s *Server) Messages() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -163,10 +186,11 @@ func (s *Server) Messages() []Message {
 func (s *Server) Count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.msgs)
+	return s.count
 }
 
-// Requests returns every request to the send endpoint, in the order they were answered.
+// Requests returns the retained requests to the send endpoint, in the order
+// they were answered.
 func (s *Server) Requests() []RequestRecord {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -175,12 +199,27 @@ func (s *Server) Requests() []RequestRecord {
 	return out
 }
 
+// trimLocked drops old messages and requests beyond the retention, in steps,
+// so that appends stay amortised O(1).
+func (s *Server) trimLocked() {
+	if s.retain <= 0 {
+		return
+	}
+	if len(s.msgs) > 2*s.retain {
+		s.msgs = append(make([]Message, 0, 2*s.retain), s.msgs[len(s.msgs)-s.retain:]...)
+	}
+	if len(s.reqs) > 2*s.retain {
+		s.reqs = append(make([]RequestRecord, 0, 2*s.retain), s.reqs[len(s.reqs)-s.retain:]...)
+	}
+}
+
 // Reset forgets recorded messages and requests, unregistered tokens and injected faults.
 func (s *Server) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.msgs = nil
 	s.reqs = nil
+	s.count = 0
 	s.unregistered = make(map[string]struct{})
 	s.behavior = Behavior{}
 	s.failNext = failNext{}
@@ -190,7 +229,7 @@ func (s *Server) Reset() {
 func (s *Server) WaitFor(ctx context.Context, n int) error {
 	for {
 		s.mu.Lock()
-		if len(s.msgs) >= n {
+		if s.count >= n {
 			s.mu.Unlock()
 			return nil
 		}
@@ -336,15 +375,23 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 	msg.End = time.Now()
 	rec.End, rec.Status, rec.Name = msg.End, http.StatusOK, msg.Name
 	// A validate_only request is checked but, as with FCM, not delivered.
-	if !req.ValidateOnly {
+	observe := s.observe
+	if req.ValidateOnly {
+		observe = nil
+	} else {
 		s.msgs = append(s.msgs, msg)
+		s.count++
 		if s.changed != nil {
 			close(s.changed)
 			s.changed = nil
 		}
 	}
 	s.reqs = append(s.reqs, rec)
+	s.trimLocked()
 	s.mu.Unlock()
+	if observe != nil {
+		observe(msg)
+	}
 
 	w.Header().Set("Content-Type", "application/json; charset=UTF-8")
 	w.Write([]byte(`{"name":"` + msg.Name + `"}`))
@@ -367,6 +414,7 @@ func (s *Server) hang(r *http.Request, rec *RequestRecord) {
 func (s *Server) record(rec RequestRecord) {
 	s.mu.Lock()
 	s.reqs = append(s.reqs, rec)
+	s.trimLocked()
 	s.mu.Unlock()
 }
 

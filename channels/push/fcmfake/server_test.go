@@ -282,6 +282,40 @@ func TestValidateOnlyIsNotDelivered(t *testing.T) {
 	}
 }
 
+func TestRetentionAndObserver(t *testing.T) {
+	t.Parallel()
+	srv, b := setup(t)
+	srv.SetRetention(2)
+	var mu sync.Mutex
+	var observed []string
+	srv.SetObserver(func(m Message) {
+		mu.Lock()
+		observed = append(observed, m.Token)
+		mu.Unlock()
+	})
+	for i := range 6 {
+		if a := post(t, sendURL(b), tokenBody(fmt.Sprintf("tok-%d", i))); a.status != http.StatusOK {
+			t.Fatalf("status %d: %s", a.status, a.body)
+		}
+	}
+	// Neither observed nor counted: validate_only and a refused request.
+	post(t, sendURL(b), `{"validate_only":true,"message":{"token":"t"}}`)
+	post(t, sendURL(b), `{"message":{"token":""}}`)
+
+	msgs := srv.Messages()
+	if srv.Count() != 6 || len(msgs) < 2 || len(msgs) > 4 || msgs[len(msgs)-1].Token != "tok-5" {
+		t.Fatalf("Count() = %d, kept %d messages (last %+v); want 6, the newest 2 to 4", srv.Count(), len(msgs), msgs)
+	}
+	if reqs := srv.Requests(); len(reqs) < 2 || len(reqs) > 4 {
+		t.Errorf("kept %d requests, want 2 to 4", len(reqs))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(observed) != "[tok-0 tok-1 tok-2 tok-3 tok-4 tok-5]" {
+		t.Errorf("observed %v, want every accepted message in order", observed)
+	}
+}
+
 func TestTimeoutRecordsUnansweredRequest(t *testing.T) {
 	t.Parallel()
 	srv, b := setup(t)

@@ -15,13 +15,13 @@ const (
 func (s *Server) newest(limit int) ([]Message, int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	total := len(s.msgs)
-	n := min(limit, total)
+	kept := len(s.msgs)
+	n := min(limit, kept)
 	out := make([]Message, n)
 	for i := range n {
-		out[i] = s.msgs[total-1-i]
+		out[i] = s.msgs[kept-1-i]
 	}
-	return out, total
+	return out, s.count
 }
 
 func viewLimit(r *http.Request) (int, bool) {
