@@ -46,6 +46,10 @@ type config struct {
 	// envErrs are environment values that do not parse (validate reports
 	// them): a typo in a variable must not silently become the default.
 	envErrs []error
+	// ephemeralSecret: without NOTIFYD_SECRET, sign links with a random secret
+	// for the life of the process. Only `notifyd dev`, where the process that
+	// signs a link is the one that verifies it.
+	ephemeralSecret bool
 }
 
 // setting describes one flag and its environment variable.
@@ -202,17 +206,24 @@ func (c *config) validateLinks() error {
 }
 
 // linkOpts sets the ServiceOpts of unsubscribe links and of the SendGrid webhook.
-// Without NOTIFYD_SECRET (dev, or a process without email) links are signed with
-// a random secret that lasts as long as the process; without NOTIFYD_PUBLIC_URL
-// they point at ln, the API's listener (nil when this process serves no API).
+// Without NOTIFYD_SECRET, dev signs links with a random secret that lasts as
+// long as the process; serve (a process without email: validateLinks requires
+// the secret with it) signs none and answers /unsubscribe with 503, since a
+// made-up secret would call every worker's link forged. Without
+// NOTIFYD_PUBLIC_URL links point at ln, the API's listener (nil when this
+// process serves no API).
 func (c *config) linkOpts(opts *notifier.ServiceOpts, ln net.Listener, logger *slog.Logger) error {
 	opts.Secret = []byte(c.Secret)
-	if c.Secret == "" {
+	switch {
+	case c.Secret != "":
+	case c.ephemeralSecret:
 		opts.Secret = make([]byte, minSecretLen)
 		if _, err := rand.Read(opts.Secret); err != nil {
 			return err
 		}
 		logger.Warn("NOTIFYD_SECRET is not set: unsubscribe links are signed with a random secret and stop working when this process stops")
+	case ln != nil:
+		logger.Warn("NOTIFYD_SECRET is not set: /unsubscribe answers 503 on this process; give it the NOTIFYD_SECRET of the processes that send email")
 	}
 	opts.PublicURL = c.PublicURL
 	if opts.PublicURL == "" && ln != nil {

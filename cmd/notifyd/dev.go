@@ -31,6 +31,7 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 		c.LogFormat = "text"
 	}
 	c.Role = "all"
+	c.ephemeralSecret = true
 	if err := c.validate(); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -173,5 +174,58 @@ func TestServeNeedsUnsubscribeSettingsWithEmail(t *testing.T) {
 				t.Fatalf("serve = %v, want one line containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// An API process that serves /unsubscribe beside the workers must verify their
+// links: with their NOTIFYD_SECRET it does; without one it says the links are
+// not configured (503), where a secret made up at start would call every link
+// forged.
+func TestAPIProcessVerifiesTheWorkersLinks(t *testing.T) {
+	t.Parallel()
+	e := startE2E(t, nil)
+	e.seed(t, "u", 1, "pro")
+	body := broadcastBody("links")
+	body["channels"] = []string{"email"}
+	_, _, out := e.call(t, "POST", "/v1/broadcasts", "links", body)
+	e.waitStatus(t, out["id"], "completed", time.Minute)
+	msgs := e.sendgrid.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("the fake received %d emails, want 1", len(msgs))
+	}
+	link := strings.TrimSuffix(strings.TrimPrefix(msgs[0].Headers["List-Unsubscribe"], "<"), ">")
+	path := strings.TrimPrefix(link, "https://notify.example.test")
+
+	for _, tc := range []struct {
+		name, secret string
+		status       int
+		warning      string
+	}{
+		{"without the secret", "", http.StatusServiceUnavailable, "NOTIFYD_SECRET is not set: /unsubscribe answers 503"},
+		{"with the workers' secret", e.env["NOTIFYD_SECRET"], http.StatusOK, ""},
+	} {
+		env := map[string]string{"DATABASE_URL": e.env["DATABASE_URL"], "NOTIFYD_ADDR": "127.0.0.1:0", "NOTIFYD_ROLE": "api",
+			"NOTIFYD_SECRET": tc.secret, "NOTIFYD_PUBLIC_URL": e.env["NOTIFYD_PUBLIC_URL"]}
+		ctx, cancel := context.WithCancel(context.Background())
+		var stderr syncBuffer
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, []string{"notifyd", "serve"}, envOf(env), &syncBuffer{}, &stderr) }()
+		base := waitListening(t, &stderr)
+		waitReady(t, base)
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: serve: %v", tc.name, err)
+		}
+		if resp.StatusCode != tc.status {
+			t.Errorf("%s: GET %s = %d, want %d", tc.name, path, resp.StatusCode, tc.status)
+		}
+		if tc.warning != "" && !strings.Contains(stderr.String(), tc.warning) {
+			t.Errorf("%s: the log does not say %q:\n%s", tc.name, tc.warning, stderr.String())
+		}
 	}
 }
