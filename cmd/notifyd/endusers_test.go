@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -206,19 +205,13 @@ func TestAPIProcessVerifiesTheWorkersLinks(t *testing.T) {
 	} {
 		env := map[string]string{"DATABASE_URL": e.env["DATABASE_URL"], "NOTIFYD_ADDR": "127.0.0.1:0", "NOTIFYD_ROLE": "api",
 			"NOTIFYD_SECRET": tc.secret, "NOTIFYD_PUBLIC_URL": e.env["NOTIFYD_PUBLIC_URL"]}
-		ctx, cancel := context.WithCancel(context.Background())
-		var stderr syncBuffer
-		done := make(chan error, 1)
-		go func() { done <- run(ctx, []string{"notifyd", "serve"}, envOf(env), &syncBuffer{}, &stderr) }()
-		base := waitListening(t, &stderr)
-		waitReady(t, base)
+		base, stderr, stop := serveInProcess(t, env)
 		resp, err := http.Get(base + path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("%s: serve: %v", tc.name, err)
 		}
 		if resp.StatusCode != tc.status {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -109,12 +110,7 @@ func TestMigrateAPIKeyServeAndDrain(t *testing.T) {
 		t.Fatalf("apikey list = %q, %v", list, err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"notifyd", "serve"}, envOf(env), &syncBuffer{}, &stderr) }()
-	base := waitListening(t, &stderr)
-	waitReady(t, base)
+	base, stderr, stop := serveInProcess(t, env)
 
 	putAda := func() *http.Request {
 		req, _ := http.NewRequest("PUT", base+"/v1/recipients/ada", strings.NewReader(`{"email":"ada@example.com"}`))
@@ -161,14 +157,30 @@ func TestMigrateAPIKeyServeAndDrain(t *testing.T) {
 		t.Fatal("an email address reached the logs")
 	}
 
-	cancel() // what SIGTERM does through signal.NotifyContext
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve after shutdown: %v", err)
+	if err := stop(); err != nil {
+		t.Fatalf("serve after shutdown: %v", err)
+	}
+}
+
+// serveInProcess runs `notifyd serve` with env until stop, and returns its
+// base URL once it is ready, and its log. stop cancels its context (what
+// SIGTERM does through signal.NotifyContext) and returns what serve returned.
+func serveInProcess(t *testing.T, env map[string]string) (base string, log *syncBuffer, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	log = &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"notifyd", "serve"}, envOf(env), &syncBuffer{}, log) }()
+	base = waitListening(t, log)
+	waitReady(t, base)
+	return base, log, func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			return errors.New("serve did not stop within 30s")
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop within 30s")
 	}
 }
 
