@@ -38,9 +38,9 @@ func openSizedDB(ctx context.Context, databaseURL string, conns int32) (*pgxpool
 	}
 	cfg.MaxConns = max(cfg.MaxConns, minPoolConns)
 	// PostgreSQL compiles a plan whose estimated cost passes jit_above_cost, and
-	// an expansion chunk always does: 100-160 ms of compiling for a statement
-	// that runs about as long, every chunk. Our statements are short and many;
-	// DATABASE_URL can still turn it on (?jit=on).
+	// an expansion chunk always does: 90-200 ms of compiling per chunk, about a
+	// tenth of the expansion (docs/benchmarks.md). Our statements are short and
+	// many; DATABASE_URL can still turn it on (?jit=on).
 	if _, set := cfg.ConnConfig.RuntimeParams["jit"]; !set {
 		cfg.ConnConfig.RuntimeParams["jit"] = "off"
 	}
