@@ -106,6 +106,19 @@ func (s *Service) control(ctx context.Context, actor string, id int64, action st
 	return res, nil
 }
 
+// CancelPendingIfCancelled cancels those of ids that are pending if their
+// broadcast is cancelled. A batch records under the broadcast's send lock, so a
+// cancel waits for it and then cancels what the record put back to pending; a
+// batch whose lock went with its connection (PostgreSQL restarted during the
+// provider call) records later, under a new lock, and calls this after: a
+// cancel that ran in between found its deliveries still sending.
+func (s *Service) CancelPendingIfCancelled(ctx context.Context, q DB, broadcastID int64, ids []int64) error {
+	_, err := q.Exec(ctx, `UPDATE deliveries SET status = 'cancelled', reason = 'cancelled', finished_at = now()
+		WHERE id = ANY($2) AND status = 'pending' AND broadcast_id = $1
+		  AND EXISTS (SELECT 1 FROM broadcasts WHERE id = $1 AND status = 'cancelled')`, broadcastID, ids)
+	return err
+}
+
 // nextStatus is the state machine of operator actions.
 func nextStatus(action, status string, expanded bool, sendAt *time.Time) (string, error) {
 	active := []string{StatusScheduled, StatusExpanding, StatusSending}

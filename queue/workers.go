@@ -180,9 +180,10 @@ func (w *deliverWorker) deliverPart(ctx context.Context, channel notifier.Channe
 		}
 	}
 	var conn notifier.DB = svc.Pool()
+	var lock *notifier.SendLock
 	if b.BroadcastID != 0 {
-		lock, err := svc.AcquireSendLock(ctx, b.BroadcastID)
-		if err != nil {
+		var err error
+		if lock, err = svc.AcquireSendLock(ctx, b.BroadcastID); err != nil {
 			return none, err
 		}
 		defer lock.Release(ctx)
@@ -210,7 +211,20 @@ func (w *deliverWorker) deliverPart(ctx context.Context, channel notifier.Channe
 	// must not be lost.
 	recordCtx, cancelRecord := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancelRecord()
-	sum, err := svc.RecordResults(recordCtx, conn, results, notifier.RecordOpts{MaxAttempts: w.q.cfg.MaxDeliveryAttempts})
+	recordOpts := notifier.RecordOpts{MaxAttempts: w.q.cfg.MaxDeliveryAttempts}
+	sum, err := svc.RecordResults(recordCtx, conn, results, recordOpts)
+	if err != nil && lock != nil && lock.Conn.Conn().IsClosed() {
+		// The send lock's connection died while the batch was at the provider
+		// (PostgreSQL restarted, say), and the lock with it. What the provider
+		// said is still ours to record, under a new lock: the sweep turns these
+		// claims unknown only well after (2 x the send timeout + 30 s), and
+		// both write only deliveries still 'sending', so whichever comes first
+		// decides and nothing is counted twice.
+		log.WarnContext(ctx, "send lock connection lost during the provider call; recording on a new connection",
+			"broadcast_id", b.BroadcastID, "channel", b.Channel, "error", err)
+		conn = svc.Pool()
+		sum, err = recordUnderNewLock(recordCtx, svc, b.BroadcastID, results, recordOpts)
+	}
 	if err != nil {
 		return none, err
 	}
@@ -238,6 +252,42 @@ func (w *deliverWorker) deliverPart(ctx context.Context, channel notifier.Channe
 	// Deliveries back to pending are the job's to retry once its other slices
 	// have gone out (Work); they are not an error of this slice.
 	return sum, nil
+}
+
+// recordUnderNewLock takes the broadcast's send lock on a new connection and
+// records results there, then cancels what the record put back to pending if a
+// cancel ran while the batch held no lock. It tries until it succeeds or ctx
+// ends, waiting a little longer each time: PostgreSQL may still be restarting.
+func recordUnderNewLock(ctx context.Context, svc *notifier.Service, broadcastID int64, results []notifier.SendResult, opts notifier.RecordOpts) (notifier.RecordSummary, error) {
+	ids := make([]int64, len(results))
+	for i, r := range results {
+		ids[i] = r.DeliveryID
+	}
+	attempt := func() (notifier.RecordSummary, error) {
+		lock, err := svc.AcquireSendLock(ctx, broadcastID)
+		if err != nil {
+			return notifier.RecordSummary{}, err
+		}
+		defer lock.Release(ctx)
+		sum, err := svc.RecordResults(ctx, lock.Conn, results, opts)
+		if err != nil {
+			return sum, err
+		}
+		return sum, svc.CancelPendingIfCancelled(ctx, lock.Conn, broadcastID, ids)
+	}
+	wait := 100 * time.Millisecond
+	for {
+		sum, err := attempt()
+		if err == nil {
+			return sum, nil
+		}
+		select {
+		case <-ctx.Done():
+			return sum, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // maintenanceWorker sweeps interrupted claims and expired idempotency keys.

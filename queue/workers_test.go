@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/notifyd/notifyd/migrations/pgtest"
 	"github.com/notifyd/notifyd/notifier"
 )
@@ -295,5 +297,111 @@ func TestTimingSettingsAreConsistent(t *testing.T) {
 	}
 	if _, err := New(Config{SendTimeout: 10 * time.Second, RescueAfter: 30 * time.Second}); err == nil {
 		t.Error("New accepted a rescue delay shorter than a job can run")
+	}
+}
+
+// heldChannel holds the first request until released, telling atProvider when
+// it arrives, and answers every message with answer (nil accepts).
+type heldChannel struct {
+	atProvider chan struct{}
+	release    chan struct{}
+	once       sync.Once
+	answer     error
+}
+
+func (f *heldChannel) Name() string  { return notifier.ChannelEmail }
+func (f *heldChannel) MaxBatch() int { return 1000 }
+
+func (f *heldChannel) Send(_ context.Context, msgs []notifier.Message) []notifier.SendResult {
+	f.once.Do(func() {
+		close(f.atProvider)
+		<-f.release
+	})
+	out := make([]notifier.SendResult, len(msgs))
+	for i, m := range msgs {
+		out[i] = notifier.SendResult{DeliveryID: m.DeliveryID, Err: f.answer}
+		if f.answer == nil {
+			out[i].ProviderID = fmt.Sprintf("held-%d", m.DeliveryID)
+		}
+	}
+	return out
+}
+
+// When the connection holding the send lock dies while the batch is at the
+// provider (what a PostgreSQL restart does to every connection), the results
+// are still recorded, under a new lock: the deliveries end as the provider
+// said, not unknown. A cancel that ran meanwhile (nothing held it off) still
+// stops them: what the record would put back to pending is cancelled.
+func TestDeliverWorkerRecordsAfterLosingTheSendLockConnection(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		answer error
+		cancel bool
+		want   string
+	}{
+		{"sent", nil, false, notifier.DeliverySent},
+		{"retry after a cancel", serverError(), true, notifier.DeliveryCancelled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			url := pgtest.NewDatabase(t)
+			ch := &heldChannel{atProvider: make(chan struct{}), release: make(chan struct{}), answer: tc.answer}
+			svc := startRetryWorkers(t, url, ch, 100000, 0)
+			id := broadcastTo(t, svc, 20, nil)
+			select {
+			case <-ch.atProvider:
+			case <-time.After(30 * time.Second):
+				t.Fatal("no batch reached the provider")
+			}
+			terminateConnections(t, url)
+			// Read and act through connections opened after the kill.
+			after := notifier.NewService(processPool(t, url), nil, &notifier.ServiceOpts{})
+			if tc.cancel {
+				if _, err := after.CancelBroadcast(context.Background(), "test", id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			close(ch.release)
+
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				var open int
+				for _, d := range deliveriesOf(t, after, id) {
+					if d.status == notifier.DeliverySending || d.status == notifier.DeliveryPending && !tc.cancel {
+						open++
+					}
+				}
+				if open == 0 || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			time.Sleep(500 * time.Millisecond) // a cancelled broadcast has no completion to wait for
+			for _, d := range deliveriesOf(t, after, id) {
+				if d.status != tc.want {
+					t.Errorf("delivery %d is %s (%s), want %s", d.id, d.status, d.reason, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// terminateConnections ends every other connection to url's database, as a
+// PostgreSQL restart would.
+func terminateConnections(t *testing.T, url string) {
+	t.Helper()
+	killer, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer killer.Close(context.Background())
+	var killed int
+	if err := killer.QueryRow(context.Background(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&killed); err != nil {
+		t.Fatal(err)
+	}
+	if killed == 0 {
+		t.Fatal("no connection to terminate")
 	}
 }
