@@ -258,26 +258,32 @@ func (w *deliverWorker) deliverPart(ctx context.Context, channel notifier.Channe
 // records results there, then cancels what the record put back to pending if a
 // cancel ran while the batch held no lock. It tries until it succeeds or ctx
 // ends, waiting a little longer each time: PostgreSQL may still be restarting.
+// The results are recorded once: a second record would find no row still
+// 'sending' and sum up nothing.
 func recordUnderNewLock(ctx context.Context, svc *notifier.Service, broadcastID int64, results []notifier.SendResult, opts notifier.RecordOpts) (notifier.RecordSummary, error) {
 	ids := make([]int64, len(results))
 	for i, r := range results {
 		ids[i] = r.DeliveryID
 	}
-	attempt := func() (notifier.RecordSummary, error) {
+	var sum notifier.RecordSummary
+	recorded := false
+	attempt := func() error {
 		lock, err := svc.AcquireSendLock(ctx, broadcastID)
 		if err != nil {
-			return notifier.RecordSummary{}, err
+			return err
 		}
 		defer lock.Release(ctx)
-		sum, err := svc.RecordResults(ctx, lock.Conn, results, opts)
-		if err != nil {
-			return sum, err
+		if !recorded {
+			if sum, err = svc.RecordResults(ctx, lock.Conn, results, opts); err != nil {
+				return err
+			}
+			recorded = true
 		}
-		return sum, svc.CancelPendingIfCancelled(ctx, lock.Conn, broadcastID, ids)
+		return svc.CancelPendingIfCancelled(ctx, lock.Conn, broadcastID, ids)
 	}
 	wait := 100 * time.Millisecond
 	for {
-		sum, err := attempt()
+		err := attempt()
 		if err == nil {
 			return sum, nil
 		}
