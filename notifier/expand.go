@@ -18,7 +18,8 @@ const ExpandChunkSize = 10000
 // PostgreSQL's CPU, so ranges use more than one core. On 2 cores, with delivery
 // running alongside (notifyd bench, 300,000 recipients x 2 channels), 8 ranges
 // expanded at 68,000 deliveries/s, 4 at 43,000-66,000/s, 2 at 50,000/s; beyond
-// that, chunks mostly wait for each other to extend the index files.
+// that, chunks mostly wait for each other to extend the index files (16 ranges,
+// 1,000,000 recipients: 67,549/s, against 76,220/s for 8).
 const ExpandRanges = 8
 
 // BatchSize is how many deliveries of a channel one delivery job carries: the
