@@ -97,10 +97,14 @@ type compiledContent struct {
 	pushData                map[string]*texttemplate.Template
 	inboxTitle, inboxBody   *texttemplate.Template
 	inboxURL                *texttemplate.Template
+	// plain holds the parts of the text templates that are only text and
+	// fields (plainParts), rendered without text/template.
+	plain map[*texttemplate.Template][]templatePart
 }
 
 func compileContent(c *Content) (*compiledContent, error) {
 	problems := map[string]string{}
+	cc := &compiledContent{plain: map[*texttemplate.Template][]templatePart{}}
 	text := func(field, src string) *texttemplate.Template {
 		if src == "" {
 			return nil
@@ -110,9 +114,11 @@ func compileContent(c *Content) (*compiledContent, error) {
 			problems[field] = "template does not parse: " + err.Error()
 			return nil
 		}
+		if parts := plainParts(t); parts != nil {
+			cc.plain[t] = parts
+		}
 		return t
 	}
-	cc := &compiledContent{}
 	if c.Email != nil {
 		cc.emailSubject = text("email.subject", c.Email.Subject)
 		cc.emailText = text("email.text", c.Email.Text)
@@ -144,9 +150,14 @@ func compileContent(c *Content) (*compiledContent, error) {
 }
 
 // renderText runs a text template; nil renders as "".
-func renderText(buf *bytes.Buffer, field string, t *texttemplate.Template, data *TemplateData) (string, error) {
+func (cc *compiledContent) renderText(buf *bytes.Buffer, field string, t *texttemplate.Template, data *TemplateData) (string, error) {
 	if t == nil {
 		return "", nil
+	}
+	if parts, ok := cc.plain[t]; ok {
+		if s, ok := renderPlain(buf, parts, data); ok {
+			return s, nil
+		}
 	}
 	buf.Reset()
 	if err := t.Execute(buf, data); err != nil {
@@ -162,10 +173,10 @@ func (cc *compiledContent) render(channel string, data *TemplateData, m *Message
 	switch channel {
 	case ChannelEmail:
 		e := &EmailMessage{To: data.Recipient.Email}
-		if e.Subject, err = renderText(&buf, "email.subject", cc.emailSubject, data); err != nil {
+		if e.Subject, err = cc.renderText(&buf, "email.subject", cc.emailSubject, data); err != nil {
 			return err
 		}
-		if e.Text, err = renderText(&buf, "email.text", cc.emailText, data); err != nil {
+		if e.Text, err = cc.renderText(&buf, "email.text", cc.emailText, data); err != nil {
 			return err
 		}
 		if cc.emailHTML != nil {
@@ -178,16 +189,16 @@ func (cc *compiledContent) render(channel string, data *TemplateData, m *Message
 		m.Email = e
 	case ChannelPush:
 		p := &PushMessage{}
-		if p.Title, err = renderText(&buf, "push.title", cc.pushTitle, data); err != nil {
+		if p.Title, err = cc.renderText(&buf, "push.title", cc.pushTitle, data); err != nil {
 			return err
 		}
-		if p.Body, err = renderText(&buf, "push.body", cc.pushBody, data); err != nil {
+		if p.Body, err = cc.renderText(&buf, "push.body", cc.pushBody, data); err != nil {
 			return err
 		}
 		if len(cc.pushData) > 0 {
 			p.Data = make(map[string]string, len(cc.pushData))
 			for k, t := range cc.pushData {
-				if p.Data[k], err = renderText(&buf, "push.data."+k, t, data); err != nil {
+				if p.Data[k], err = cc.renderText(&buf, "push.data."+k, t, data); err != nil {
 					return err
 				}
 			}
@@ -195,13 +206,13 @@ func (cc *compiledContent) render(channel string, data *TemplateData, m *Message
 		m.Push = p
 	case ChannelInbox:
 		in := &InboxMessage{}
-		if in.Title, err = renderText(&buf, "inbox.title", cc.inboxTitle, data); err != nil {
+		if in.Title, err = cc.renderText(&buf, "inbox.title", cc.inboxTitle, data); err != nil {
 			return err
 		}
-		if in.Body, err = renderText(&buf, "inbox.body", cc.inboxBody, data); err != nil {
+		if in.Body, err = cc.renderText(&buf, "inbox.body", cc.inboxBody, data); err != nil {
 			return err
 		}
-		if in.URL, err = renderText(&buf, "inbox.url", cc.inboxURL, data); err != nil {
+		if in.URL, err = cc.renderText(&buf, "inbox.url", cc.inboxURL, data); err != nil {
 			return err
 		}
 		m.Inbox = in
