@@ -22,6 +22,9 @@ var (
 	channelNames    = []string{ChannelEmail, ChannelPush, ChannelInbox}
 )
 
+// ChannelNames lists the channels notifyd delivers by.
+func ChannelNames() []string { return slices.Clone(channelNames) }
+
 func validCategory(c string) bool { return categoryPattern.MatchString(c) }
 
 func (p Preferences) Valid() map[string]string {

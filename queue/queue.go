@@ -196,7 +196,7 @@ func New(cfg Config) (*Queue, error) {
 			QueueExpand:        {MaxWorkers: 2},
 			QueueMaintenance:   {MaxWorkers: 1},
 		}
-		for _, channel := range []string{notifier.ChannelEmail, notifier.ChannelPush, notifier.ChannelInbox} {
+		for _, channel := range notifier.ChannelNames() {
 			riverCfg.Queues[BulkQueue(channel)] = river.QueueConfig{MaxWorkers: cfg.BulkWorkers}
 		}
 		riverCfg.PeriodicJobs = []*river.PeriodicJob{
