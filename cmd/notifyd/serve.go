@@ -56,28 +56,34 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 }
 
 // poolConnsFor is the pool a process of c's role opens when DATABASE_URL does
-// not set pool_max_conns: what checkPoolSize asks for, plus room for the
-// expansion's parallel ranges (which take up to half the pool).
+// not set pool_max_conns: what checkPoolSize asks for, plus a connection for
+// each of the expansion's parallel ranges.
 func poolConnsFor(c *config) int32 {
 	if c.Role == "api" {
 		return minPoolConns
 	}
-	return int32(max(minPoolConns, 3*c.BulkWorkers+16))
+	return int32(max(minPoolConns, workerConnsNeeded(c)+notifier.ExpandRanges))
 }
 
-// checkPoolSize refuses a pool that the workers could exhaust for good: a
-// broadcast delivery batch holds a connection for its broadcast's send lock while
-// it takes a second one (limiter, inbox), so if every connection were held by
-// such batches, all would wait forever. There are BulkWorkers of them per channel
-// (three channels); the rest of the pool is for expansion, notifications and River.
+// workerConnsNeeded is the smallest pool a worker process can run with: a
+// broadcast delivery batch holds a connection for its broadcast's send lock
+// while it takes a second one (limiter, inbox), so if every connection were
+// held by such batches, all would wait forever. There are BulkWorkers of them
+// per channel; 8 more are for expansion, notifications and River.
+func workerConnsNeeded(c *config) int {
+	return len(notifier.ChannelNames())*c.BulkWorkers + 8
+}
+
+// checkPoolSize refuses a pool that the workers could exhaust for good (see
+// workerConnsNeeded).
 func checkPoolSize(c *config, maxConns int32) error {
 	if c.Role == "api" {
 		return nil
 	}
-	if need := 3*c.BulkWorkers + 8; int(maxConns) < need {
+	if need := workerConnsNeeded(c); int(maxConns) < need {
 		return fmt.Errorf("the database pool has %d connections, too few for NOTIFYD_BULK_WORKERS=%d: "+
-			"at least %d are needed (3 channels x %d batches, each holding one while it waits for another, plus 8); add pool_max_conns=%d to DATABASE_URL",
-			maxConns, c.BulkWorkers, need, c.BulkWorkers, need)
+			"at least %d are needed (%d channels x %d batches, each holding one while it waits for another, plus 8); add pool_max_conns=%d to DATABASE_URL",
+			maxConns, c.BulkWorkers, need, len(notifier.ChannelNames()), c.BulkWorkers, need)
 	}
 	return nil
 }
