@@ -64,12 +64,20 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 	required := slices.Contains(s.opts.RequiredCategories, category)
 	// A frequency cap counts what this recipient was sent (or may have been) in
 	// the category on the channel within the window. Concurrent claims for the
-	// same person in two batches can each pass it once.
+	// same person in two batches can each pass it once. Broadcast deliveries are
+	// found by (broadcast, recipient, channel), one probe per broadcast of the
+	// category that was still open within the window (its claims all came before
+	// it finished, and finishing sets updated_at); there is no index on
+	// deliveries by recipient alone (migration 009).
 	capMax, capWindow := 0, time.Duration(0)
 	if c, ok := s.opts.FrequencyCaps[category]; ok {
 		capMax, capWindow = c.Max, c.Window
 	}
-	// owner is one of two fixed column names, never input.
+	// owner is one of two fixed column names, never input. A batch is a range of
+	// ids, read through the primary key: IS NOT DISTINCT FROM is = here ($1 is
+	// never NULL), but no index serves it, so the planner cannot take the
+	// broadcast's whole slice of deliveries_broadcast_recipient instead, as it
+	// did on the early statistics of a growing table (migration 009).
 	rows, err := q.Query(ctx, `
 		UPDATE deliveries d SET
 			status = CASE WHEN x.reason IS NULL THEN 'sending' ELSE 'suppressed' END,
@@ -85,14 +93,17 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 				WHEN d2.channel = 'email' AND EXISTS (SELECT 1 FROM suppressed_addresses s
 					WHERE s.address_hash = `+addressHashSQL("d2.address")+`) THEN 'suppressed_address'
 				WHEN $7 > 0 AND (SELECT count(*) FROM deliveries d3
-					LEFT JOIN broadcasts b3 ON b3.id = d3.broadcast_id
-					LEFT JOIN notifications n3 ON n3.id = d3.notification_id
-					WHERE d3.recipient_id = d2.recipient_id AND d3.channel = d2.channel AND d3.id <> d2.id
-					  AND d3.status IN ('sending', 'sent', 'unknown') AND d3.claimed_at > now() - $8::interval
-					  AND coalesce(b3.category, n3.category) = $6) >= $7 THEN 'frequency_cap'
+					WHERE d3.broadcast_id = ANY(ARRAY(SELECT b3.id FROM broadcasts b3 WHERE b3.category = $6
+						AND (b3.status NOT IN ('completed', 'cancelled', 'failed') OR b3.updated_at > now() - $8::interval)))
+					  AND d3.recipient_id = d2.recipient_id AND d3.channel = d2.channel AND d3.id <> d2.id
+					  AND d3.status IN ('sending', 'sent', 'unknown') AND d3.claimed_at > now() - $8::interval)
+				  + (SELECT count(*) FROM deliveries d3 JOIN notifications n3 ON n3.id = d3.notification_id
+					WHERE d3.notification_id IS NOT NULL AND d3.recipient_id = d2.recipient_id AND d3.channel = d2.channel
+					  AND d3.id <> d2.id AND d3.status IN ('sending', 'sent', 'unknown') AND d3.claimed_at > now() - $8::interval
+					  AND n3.category = $6) >= $7 THEN 'frequency_cap'
 				END AS reason
 			FROM deliveries d2
-			WHERE d2.`+owner+` = $1 AND d2.channel = $2 AND d2.id BETWEEN $3 AND $4 AND d2.status = 'pending'
+			WHERE d2.id BETWEEN $3 AND $4 AND d2.`+owner+` IS NOT DISTINCT FROM $1 AND d2.channel = $2 AND d2.status = 'pending'
 			FOR UPDATE
 		) x
 		WHERE d.id = x.id

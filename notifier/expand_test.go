@@ -411,3 +411,57 @@ func TestExpandGoesOnFromTheCursorOfAnEarlierVersion(t *testing.T) {
 		t.Fatalf("%d ranges, want the one that goes on from the cursor", ranges)
 	}
 }
+
+func TestCutChunkBatches(t *testing.T) {
+	t.Parallel()
+	seq := func(from, n int64) []int64 {
+		out := make([]int64, n)
+		for i := range out {
+			out[i] = from + int64(i)
+		}
+		return out
+	}
+	repeat := func(kind int16, n int) []int16 {
+		out := make([]int16, n)
+		for i := range out {
+			out[i] = kind
+		}
+		return out
+	}
+	batch := func(channel string, first, last int64, count int) DeliveryBatch {
+		return DeliveryBatch{BroadcastID: 7, Channel: channel, FirstID: first, LastID: last, Count: count}
+	}
+	tests := []struct {
+		name     string
+		channels []string
+		ids      []int64
+		kinds    []int16
+		want     []DeliveryBatch
+	}{
+		{"nothing inserted", []string{"email"}, nil, nil, nil},
+		{"nothing to send", []string{"email"}, []int64{1, 2}, []int16{0, 0}, nil},
+		{"email cut at 1,000", []string{"email"}, seq(1, 2500), repeat(1, 2500),
+			[]DeliveryBatch{batch("email", 1, 1000, 1000), batch("email", 1001, 2000, 1000), batch("email", 2001, 2500, 500)}},
+		{"push cut at 500", []string{"push"}, seq(10, 700), repeat(1, 700),
+			[]DeliveryBatch{batch("push", 10, 509, 500), batch("push", 510, 709, 200)}},
+		{"suppressed ids stay inside a batch's range", []string{"email"}, []int64{1, 2, 3, 4}, []int16{1, 0, 0, 1},
+			[]DeliveryBatch{batch("email", 1, 4, 2)}},
+		{"channels interleaved, ordered by channel then id", []string{"push", "email"}, []int64{1, 2, 3, 4}, []int16{2, 1, 2, 1},
+			[]DeliveryBatch{batch("email", 1, 3, 2), batch("push", 2, 4, 2)}},
+		{"a gap in the ids (another connection's block) ends every batch", []string{"email", "push"},
+			[]int64{1, 2, 3, 50, 51, 52}, []int16{1, 2, 1, 1, 2, 0},
+			[]DeliveryBatch{batch("email", 1, 3, 2), batch("email", 50, 50, 1), batch("push", 2, 2, 1), batch("push", 51, 51, 1)}},
+		{"out of order input is sorted with its kinds", []string{"email", "push"},
+			[]int64{52, 50, 3, 1, 2, 51}, []int16{0, 1, 1, 1, 2, 2},
+			[]DeliveryBatch{batch("email", 1, 3, 2), batch("email", 50, 50, 1), batch("push", 2, 2, 1), batch("push", 51, 51, 1)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got := cutChunkBatches(7, tt.channels, tt.ids, tt.kinds)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("cutChunkBatches = %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+}

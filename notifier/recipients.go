@@ -271,9 +271,15 @@ func (s *Service) DeleteRecipient(ctx context.Context, id string) error {
 			`DELETE FROM preferences WHERE recipient_id = $1`,
 			`DELETE FROM preference_history WHERE recipient_id = $1`,
 			`DELETE FROM inbox_items WHERE recipient_id = $1`,
-			`UPDATE deliveries SET address = NULL WHERE recipient_id = $1 AND address IS NOT NULL`,
-			`UPDATE delivery_events SET detail = NULL WHERE detail IS NOT NULL
-				AND delivery_id IN (SELECT id FROM deliveries WHERE recipient_id = $1)`,
+			// A broadcast's deliveries are found by (broadcast, recipient), one
+			// probe per broadcast: there is no index on deliveries by recipient
+			// alone (migration 009).
+			`WITH theirs AS MATERIALIZED (
+				SELECT d.id FROM broadcasts b JOIN deliveries d ON d.broadcast_id = b.id AND d.recipient_id = $1
+				UNION ALL
+				SELECT id FROM deliveries WHERE notification_id IS NOT NULL AND recipient_id = $1),
+			addresses AS (UPDATE deliveries SET address = NULL WHERE id IN (SELECT id FROM theirs) AND address IS NOT NULL)
+			UPDATE delivery_events SET detail = NULL WHERE detail IS NOT NULL AND delivery_id IN (SELECT id FROM theirs)`,
 		} {
 			if _, err := tx.Exec(ctx, q, id); err != nil {
 				return err

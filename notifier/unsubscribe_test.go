@@ -417,3 +417,58 @@ func TestUnsubscribeOfAnErasedRecipientWritesNothing(t *testing.T) {
 		t.Fatal("unsubscribing an erased recipient wrote preferences")
 	}
 }
+
+// Erasure reaches the recipient's deliveries of every broadcast and notification
+// (and their provider events), and nobody else's, without an index on deliveries
+// by recipient alone (migration 009).
+func TestDeleteRecipientErasesDeliveryAddresses(t *testing.T) {
+	t.Parallel()
+	b := setupEndUsers(t)
+	ctx := context.Background()
+	for _, id := range []string{"eve", "bob"} {
+		b.putRecipient(t, id, id+"@example.com")
+	}
+	b.broadcast(t, "news", time.Now(), "eve", "bob")
+	b.broadcast(t, "offers", time.Now(), "eve", "bob")
+	for _, r := range []string{"eve", "bob"} {
+		tx, err := b.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = b.svc.CreateNotificationTx(ctx, tx, b.key, notifier.NotificationInput{Recipient: r, Category: "security",
+			Channels: []string{"email"}, Email: &notifier.EmailContent{Subject: "Code", Text: "1234"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.pool.Exec(ctx, `INSERT INTO delivery_events (provider, event_id, event, delivery_id, detail, occurred_at)
+		SELECT 'sendgrid', 'ev-' || id, 'bounce', id, 'mailbox full', now() FROM deliveries`); err != nil {
+		t.Fatal(err)
+	}
+	held := func(recipient string) (addresses, details int) {
+		t.Helper()
+		err := b.pool.QueryRow(ctx, `SELECT
+			(SELECT count(*) FROM deliveries WHERE recipient_id = $1 AND address IS NOT NULL),
+			(SELECT count(*) FROM delivery_events e JOIN deliveries d ON d.id = e.delivery_id WHERE d.recipient_id = $1 AND e.detail IS NOT NULL)`,
+			recipient).Scan(&addresses, &details)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return addresses, details
+	}
+	if a, d := held("eve"); a != 3 || d != 3 {
+		t.Fatalf("before: eve's deliveries hold %d addresses and %d event details, want 3 and 3 (two broadcasts, one notification)", a, d)
+	}
+	if r := b.do(t, "DELETE", "/v1/recipients/eve", b.sendKey, nil); r.status != 204 {
+		t.Fatalf("delete = %d %s", r.status, r.body)
+	}
+	if a, d := held("eve"); a != 0 || d != 0 {
+		t.Fatalf("after: eve's deliveries still hold %d addresses and %d event details", a, d)
+	}
+	if a, d := held("bob"); a != 3 || d != 3 {
+		t.Fatalf("bob's deliveries hold %d addresses and %d event details, want 3 and 3 (untouched)", a, d)
+	}
+}

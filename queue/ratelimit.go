@@ -594,7 +594,7 @@ func deliveryParts(ctx context.Context, db notifier.DB, lim Limiter, b notifier.
 	err := db.QueryRow(ctx, `
 		SELECT b.rate_per_second, ARRAY(
 			SELECT d.id FROM deliveries d
-			WHERE d.broadcast_id = b.id AND d.channel = $2 AND d.id BETWEEN $3 AND $4 AND d.status = 'pending'
+			WHERE d.id BETWEEN $3 AND $4 AND d.broadcast_id IS NOT DISTINCT FROM b.id AND d.channel = $2 AND d.status = 'pending'
 			ORDER BY d.id)
 		FROM broadcasts b WHERE b.id = $1`, b.BroadcastID, b.Channel, b.FirstID, b.LastID).Scan(&rate, &ids)
 	if errors.Is(err, pgx.ErrNoRows) {

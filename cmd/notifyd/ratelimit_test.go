@@ -226,10 +226,17 @@ func TestFrequencyCapSuppressesOverTheCap(t *testing.T) {
 		_, _, created := e.call(t, "POST", "/v1/broadcasts", key, body)
 		return e.waitStatus(t, created["id"], "completed", time.Minute)["counts"].(map[string]any)
 	}
-	for _, key := range []string{"promo-1", "promo-2"} {
-		if c := send(key, "marketing"); c["sent"] != float64(n) {
-			t.Fatalf("%s counts = %v, want all sent (under the cap)", key, c)
-		}
+	if c := send("promo-1", "marketing"); c["sent"] != float64(n) {
+		t.Fatalf("promo-1 counts = %v, want all sent (under the cap)", c)
+	}
+	// A notification in the category counts too: fc00000 reaches the cap with it.
+	_, _, note := e.call(t, "POST", "/v1/notifications", "offer-1", map[string]any{
+		"recipient": "fc00000", "category": "marketing", "channels": []string{"email"},
+		"email": map[string]any{"subject": "An offer", "text": "Just for you"},
+	})
+	e.waitNotificationCompleted(t, note["id"])
+	if c := send("promo-2", "marketing"); c["sent"] != float64(n-1) || c["suppressed"] != float64(1) {
+		t.Fatalf("promo-2 counts = %v, want fc00000 suppressed by the cap and the others sent", c)
 	}
 	if c := send("promo-3", "marketing"); c["sent"] != float64(0) || c["suppressed"] != float64(n) {
 		t.Fatalf("third marketing broadcast counts = %v, want all suppressed by the cap", c)
@@ -240,8 +247,8 @@ func TestFrequencyCapSuppressesOverTheCap(t *testing.T) {
 	}
 	var reasons int
 	_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM deliveries WHERE reason = 'frequency_cap'`).Scan(&reasons)
-	if reasons != n {
-		t.Fatalf("%d deliveries carry reason frequency_cap, want %d", reasons, n)
+	if reasons != n+1 {
+		t.Fatalf("%d deliveries carry reason frequency_cap, want %d", reasons, n+1)
 	}
 	if got := e.sendgrid.Count(); got != 3*n {
 		t.Fatalf("the fake received %d emails, want %d", got, 3*n)
