@@ -25,6 +25,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
 )
 
 // Message is one message the fake accepted.
@@ -281,8 +283,10 @@ func (s *Server) handleSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// JSON v2 (see sendgridfake's decodeMail): 1.5x faster than encoding/json
+	// on a message, CPU the bench's fake otherwise takes from notifyd.
 	var req sendRequest
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Message == nil {
+	if err := jsonv2.UnmarshalRead(r.Body, &req); err != nil || req.Message == nil {
 		s.answerError(w, &rec, fcmError{
 			status: http.StatusBadRequest, canonical: "INVALID_ARGUMENT",
 			message: "Invalid JSON payload received.",
