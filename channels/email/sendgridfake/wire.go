@@ -63,8 +63,8 @@ type apiError struct {
 // decodeMail parses a request body. Like SendGrid, it refuses non-string
 // values in custom_args, substitutions and headers. It uses the JSON v2
 // implementation (the standard library's encoding/json/v2, still behind a
-// GOEXPERIMENT there): BenchmarkAccept1000 accepts twice the messages per
-// second than with encoding/json, CPU the bench's fake otherwise takes from
+// GOEXPERIMENT there): BenchmarkAccept1000 accepts twice as many messages per
+// second as with encoding/json, CPU the bench's fake otherwise takes from
 // notifyd.
 func decodeMail(body []byte, m *wireMail) error {
 	return jsonv2.Unmarshal(body, m)
