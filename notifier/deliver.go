@@ -63,8 +63,7 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 	}
 	required := slices.Contains(s.opts.RequiredCategories, category)
 	// A frequency cap counts what this recipient was sent (or may have been) in
-	// the category on the channel within the window. Concurrent claims for the
-	// same person in two batches can each pass it once. Broadcast deliveries are
+	// the category on the channel within the window. Broadcast deliveries are
 	// found by (broadcast, recipient, channel), one probe per broadcast of the
 	// category that was still open within the window (its claims all came before
 	// it finished, and finishing sets updated_at); there is no index on
@@ -73,12 +72,29 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 	if c, ok := s.opts.FrequencyCaps[category]; ok {
 		capMax, capWindow = c.Max, c.Window
 	}
+	claimOn := q
+	var capTx pgx.Tx
+	if capMax > 0 {
+		// The count sees only committed claims, so two claims counting at once
+		// could each let the same person through. Claims of a capped category
+		// take turns per channel: each holds the lock until its claim commits,
+		// and the next one's statement starts after that.
+		tx, err := q.Begin(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer func() { _ = tx.Rollback(ctx) }() // no-op once committed
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, int32(capLockClass), category+"/"+b.Channel); err != nil {
+			return nil, err
+		}
+		claimOn, capTx = tx, tx
+	}
 	// owner is one of two fixed column names, never input. A batch is a range of
 	// ids, read through the primary key: IS NOT DISTINCT FROM is = here ($1 is
 	// never NULL), but no index serves it, so the planner cannot take the
 	// broadcast's whole slice of deliveries_broadcast_recipient instead, as it
 	// did on the early statistics of a growing table (migration 009).
-	rows, err := q.Query(ctx, `
+	rows, err := claimOn.Query(ctx, `
 		UPDATE deliveries d SET
 			status = CASE WHEN x.reason IS NULL THEN 'sending' ELSE 'suppressed' END,
 			reason = x.reason,
@@ -130,6 +146,11 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	if capTx != nil {
+		if err := capTx.Commit(ctx); err != nil {
+			return nil, err
+		}
 	}
 	claim := &Claim{RatePerSecond: rate}
 	if len(list) == 0 {

@@ -14,6 +14,10 @@ import (
 // A worker that dies loses its connection, and with it the lock.
 const sendLockClass = 0x6e6f7464 // "notd"
 
+// capLockClass keys the advisory lock claims of a frequency-capped category take
+// turns on (see ClaimBatch), one per category and channel.
+const capLockClass = 0x6e636170 // "ncap"
+
 // SendLock is a held shared send lock.
 type SendLock struct {
 	Conn *pgxpool.Conn

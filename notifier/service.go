@@ -65,10 +65,12 @@ func NewService(pool *pgxpool.Pool, logger *slog.Logger, opts *ServiceOpts) *Ser
 func (s *Service) Pool() *pgxpool.Pool { return s.pool }
 
 // DB is what a pool, a connection and a transaction all offer, so queries can run in either.
+// Begin on a transaction starts a savepoint.
 type DB interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
 // inTx runs fn in a transaction, committing when it returns nil.

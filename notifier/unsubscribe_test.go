@@ -65,7 +65,8 @@ type endUserBundle struct {
 	webhookKey *ecdsa.PrivateKey
 }
 
-func setupEndUsers(t *testing.T) *endUserBundle {
+// setupEndUsers starts the bundle; each option may change the service's options.
+func setupEndUsers(t *testing.T, options ...func(*notifier.ServiceOpts)) *endUserBundle {
 	t.Helper()
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -81,10 +82,14 @@ func setupEndUsers(t *testing.T) *endUserBundle {
 	}
 	pool := pgtest.NewPool(t)
 	enq := &fakeEnqueuer{}
-	svc := notifier.NewService(pool, nil, &notifier.ServiceOpts{
+	opts := &notifier.ServiceOpts{
 		RequiredCategories: []string{"security"}, Enqueuer: enq,
 		Secret: []byte(testSecret), PublicURL: testPublicURL + "/", SendGridWebhookKey: pub,
-	})
+	}
+	for _, option := range options {
+		option(opts)
+	}
+	svc := notifier.NewService(pool, nil, opts)
 	srv := httptest.NewServer(notifier.NewServer(svc, nil, nil))
 	t.Cleanup(srv.Close)
 	b := &endUserBundle{testBundle: &testBundle{pool: pool, svc: svc, server: srv}, enq: enq, webhookKey: priv}

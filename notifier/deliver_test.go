@@ -1,0 +1,81 @@
+package notifier_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/notifyd/notifyd/notifier"
+)
+
+// Two claims of a capped category for the same person must not both pass the
+// cap: the second waits for the first to commit and then counts it.
+func TestFrequencyCapHoldsForConcurrentClaims(t *testing.T) {
+	t.Parallel()
+	b := setupEndUsers(t, func(o *notifier.ServiceOpts) {
+		o.FrequencyCaps = map[string]notifier.FrequencyCap{"marketing": {Max: 1, Window: 24 * time.Hour}}
+	})
+	ctx := context.Background()
+	b.putRecipient(t, "ann", "ann@example.com")
+	now := time.Now()
+	first := b.enq.of(b.broadcast(t, "marketing", now, "ann"))
+	second := b.enq.of(b.broadcast(t, "marketing", now, "ann"))
+	if len(first) != 1 || len(second) != 1 {
+		t.Fatalf("batches: %d and %d, want one each", len(first), len(second))
+	}
+
+	// The first claim commits only when the test says so.
+	txA, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = txA.Rollback(ctx) }()
+	claimA, err := b.svc.ClaimBatch(ctx, txA, first[0])
+	if err != nil || len(claimA.Messages) != 1 {
+		t.Fatalf("first claim = %+v, %v; want one message", claimA, err)
+	}
+
+	type result struct {
+		claim *notifier.Claim
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := b.svc.ClaimBatch(ctx, b.pool, second[0])
+		done <- result{c, err}
+	}()
+	// Let the second claim get as far as it can while the first is open: it
+	// either finishes (the race this test is about) or waits on the lock.
+	var finished *result
+	for deadline := time.Now().Add(10 * time.Second); finished == nil; {
+		select {
+		case r := <-done:
+			finished = &r
+			continue
+		case <-time.After(20 * time.Millisecond):
+		}
+		if b.count(t, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'`) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second claim neither finished nor waited within 10s")
+		}
+	}
+	if err := txA.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if finished == nil {
+		r := <-done
+		finished = &r
+	}
+	if finished.err != nil {
+		t.Fatal(finished.err)
+	}
+	if n := len(finished.claim.Messages); n != 0 {
+		t.Fatalf("the second claim sends %d messages while the first was claimed, want 0 (cap 1)", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM deliveries WHERE status = 'suppressed' AND reason = 'frequency_cap'`); n != 1 {
+		t.Fatalf("%d deliveries suppressed by the cap, want 1", n)
+	}
+}
