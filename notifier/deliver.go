@@ -66,8 +66,8 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 	// the category on the channel within the window. Broadcast deliveries are
 	// found by (broadcast, recipient, channel), one probe per broadcast of the
 	// category that was still open within the window (its claims all came before
-	// it finished, and finishing sets updated_at); there is no index on
-	// deliveries by recipient alone (migration 009).
+	// it finished, and finishing sets updated_at; migration 010 indexes both);
+	// there is no index on deliveries by recipient alone (migration 009).
 	capMax, capWindow := 0, time.Duration(0)
 	if c, ok := s.opts.FrequencyCaps[category]; ok {
 		capMax, capWindow = c.Max, c.Window
