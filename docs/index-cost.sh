@@ -50,10 +50,13 @@ SQL
 
 pk="ALTER TABLE dx ADD PRIMARY KEY (id);"
 unique="CREATE UNIQUE INDEX ON dx (broadcast_id, recipient_id, channel) WHERE broadcast_id IS NOT NULL;"
+per_channel="CREATE UNIQUE INDEX ON dx (broadcast_id, recipient_id) WHERE broadcast_id IS NOT NULL AND channel = 'email';
+CREATE UNIQUE INDEX ON dx (broadcast_id, recipient_id) WHERE broadcast_id IS NOT NULL AND channel = 'push';"
 by_broadcast="CREATE INDEX ON dx (broadcast_id, id) WHERE broadcast_id IS NOT NULL;"
 by_recipient="CREATE INDEX ON dx (recipient_id);"
 for run in $(seq "$runs"); do
 	measure "run $run, before migration 009 (4 indexes)" "$pk $unique $by_broadcast $by_recipient"
 	measure "run $run, without deliveries_by_recipient" "$pk $unique $by_broadcast"
 	measure "run $run, after migration 009 (primary key and unique)" "$pk $unique"
+	measure "run $run, after migration 011 (primary key and a unique index per channel)" "$pk $per_channel"
 done

@@ -481,6 +481,23 @@ type Delivery struct {
 	EventAt *time.Time `json:"event_at,omitempty"`
 }
 
+// deliveryPageSQL reads a page of a broadcast's deliveries in (recipient,
+// channel) order after the cursor ($2, $3): one ordered scan of each channel's
+// unique index (migration 011), then the page of their union. $4 and $5 filter
+// by status and channel (empty: all), $6 is the page size.
+func deliveryPageSQL() string {
+	arms := make([]string, len(channelNames))
+	for i, ch := range channelNames {
+		lit := "'" + ch + "'"
+		arms[i] = `(SELECT ` + deliveryColumns + ` FROM deliveries
+			WHERE broadcast_id = $1 AND channel = ` + lit + ` AND ($5 = '' OR $5 = ` + lit + `)
+			  AND recipient_id >= $2 AND (recipient_id > $2 OR ` + lit + ` > $3)
+			  AND ($4 = '' OR status = $4)
+			ORDER BY recipient_id LIMIT $6)`
+	}
+	return `SELECT * FROM (` + strings.Join(arms, " UNION ALL ") + `) page ORDER BY recipient_id, channel LIMIT $6`
+}
+
 const deliveryColumns = `id, broadcast_id, notification_id, recipient_id, channel, status, coalesce(reason, ''), coalesce(address, ''),
 	coalesce(provider_id, ''), attempts, coalesce(last_error, ''), created_at, claimed_at, finished_at, coalesce(event, ''), event_at`
 
@@ -534,10 +551,7 @@ func (s *Service) FindDeliveries(ctx context.Context, broadcastID int64, f Deliv
 	if _, err := s.FindBroadcastStatus(ctx, broadcastID); err != nil {
 		return nil, err
 	}
-	rows, err := s.pool.Query(ctx, "SELECT "+deliveryColumns+` FROM deliveries
-		WHERE broadcast_id = $1 AND (recipient_id, channel) > ($2, $3)
-		  AND ($4 = '' OR status = $4) AND ($5 = '' OR channel = $5)
-		ORDER BY recipient_id, channel LIMIT $6`, broadcastID, after[0], after[1], f.Status, f.Channel, limit+1)
+	rows, err := s.pool.Query(ctx, deliveryPageSQL(), broadcastID, after[0], after[1], f.Status, f.Channel, limit+1)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -13,6 +14,33 @@ const (
 	ChannelPush  = "push"
 	ChannelInbox = "inbox"
 )
+
+// A broadcast's deliveries are found through one partial unique index per
+// channel on (broadcast_id, recipient_id) (migration 011), and the planner uses
+// each only where the query names its channel as a constant.
+
+// anyChannelSQL is "(col = 'email' OR col = 'push' OR col = 'inbox')", for
+// queries over all of a broadcast's deliveries: the planner reads each
+// channel's index (a BitmapOr) instead of the whole table.
+func anyChannelSQL(col string) string {
+	s := "("
+	for i, ch := range channelNames {
+		if i > 0 {
+			s += " OR "
+		}
+		s += col + " = '" + ch + "'"
+	}
+	return s + ")"
+}
+
+// channelLiteral is ch quoted as an SQL constant, for a query that must name
+// its channel for the planner; only known channel names are accepted.
+func channelLiteral(ch string) (string, error) {
+	if !slices.Contains(channelNames, ch) {
+		return "", fmt.Errorf("unknown channel %q", ch)
+	}
+	return "'" + ch + "'", nil
+}
 
 // Message is one delivery, rendered and ready for a provider.
 type Message struct {

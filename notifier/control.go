@@ -155,13 +155,13 @@ func (s *Service) applyControl(ctx context.Context, tx pgx.Tx, id int64, action,
 	}
 	switch action {
 	case ActionCancel:
-		// Rare: reading all the broadcast's deliveries by its unique index is
-		// fine; the counters spare it when nothing is pending.
+		// Rare: reading all the broadcast's deliveries by its unique indexes
+		// is fine; the counters spare it when nothing is pending.
 		if pending, err := pendingCount(ctx, tx, id); err != nil || pending == 0 {
 			return err
 		}
 		_, err := tx.Exec(ctx, `UPDATE deliveries SET status = 'cancelled', reason = 'cancelled', finished_at = now()
-			WHERE broadcast_id = $1 AND status = 'pending'`, id)
+			WHERE broadcast_id = $1 AND status = 'pending' AND `+anyChannelSQL("channel"), id)
 		return err
 	case ActionResume:
 		if !expanded {
@@ -187,8 +187,9 @@ func (s *Service) enqueuePending(ctx context.Context, tx pgx.Tx, id int64) error
 		return err
 	}
 	if pending > 0 {
-		// One pass over the broadcast's deliveries (its unique index), all channels.
-		rows, err := tx.Query(ctx, `SELECT channel, id FROM deliveries WHERE broadcast_id = $1 AND status = 'pending' ORDER BY channel, id`, id)
+		// One pass over the broadcast's deliveries (its unique indexes), all channels.
+		rows, err := tx.Query(ctx, `SELECT channel, id FROM deliveries
+			WHERE broadcast_id = $1 AND status = 'pending' AND `+anyChannelSQL("channel")+` ORDER BY channel, id`, id)
 		if err != nil {
 			return err
 		}

@@ -72,6 +72,12 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 	if c, ok := s.opts.FrequencyCaps[category]; ok {
 		capMax, capWindow = c.Max, c.Window
 	}
+	// The batch's channel as a constant: the probe above uses that channel's
+	// unique index (migration 011).
+	channel, err := channelLiteral(b.Channel)
+	if err != nil {
+		return nil, err
+	}
 	claimOn := q
 	var capTx pgx.Tx
 	if capMax > 0 {
@@ -92,7 +98,7 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 	// owner is one of two fixed column names, never input. A batch is a range of
 	// ids, read through the primary key: IS NOT DISTINCT FROM is = here ($1 is
 	// never NULL), but no index serves it, so the planner cannot take the
-	// broadcast's whole slice of deliveries_broadcast_recipient instead, as it
+	// broadcast's whole slice of its unique index instead, as it
 	// did on the early statistics of a growing table (migration 009).
 	rows, err := claimOn.Query(ctx, `
 		UPDATE deliveries d SET
@@ -111,7 +117,7 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 				WHEN $7 > 0 AND (SELECT count(*) FROM deliveries d3
 					WHERE d3.broadcast_id = ANY(ARRAY(SELECT b3.id FROM broadcasts b3 WHERE b3.category = $6
 						AND (b3.status NOT IN ('completed', 'cancelled', 'failed') OR b3.updated_at > now() - $8::interval)))
-					  AND d3.recipient_id = d2.recipient_id AND d3.channel = d2.channel AND d3.id <> d2.id
+					  AND d3.recipient_id = d2.recipient_id AND d3.channel = `+channel+` AND d3.id <> d2.id
 					  AND d3.status IN ('sending', 'sent', 'unknown') AND d3.claimed_at > now() - $8::interval)
 				  + (SELECT count(*) FROM deliveries d3 JOIN notifications n3 ON n3.id = d3.notification_id
 					WHERE d3.notification_id IS NOT NULL AND d3.recipient_id = d2.recipient_id AND d3.channel = d2.channel

@@ -2,6 +2,8 @@ package notifier_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -77,5 +79,65 @@ func TestFrequencyCapHoldsForConcurrentClaims(t *testing.T) {
 	}
 	if n := b.count(t, `SELECT count(*) FROM deliveries WHERE status = 'suppressed' AND reason = 'frequency_cap'`); n != 1 {
 		t.Fatalf("%d deliveries suppressed by the cap, want 1", n)
+	}
+}
+
+// The listing reads each channel's unique index and merges them (migration 011):
+// paging through it with any filter must give every matching delivery once, in
+// (recipient, channel) order.
+func TestDeliveryListingPagesThroughTheSnapshotOnce(t *testing.T) {
+	t.Parallel()
+	b := setupEndUsers(t)
+	var recipients, all, emails, pushes []string
+	for i := range 7 {
+		id := fmt.Sprintf("p%02d", i)
+		b.putRecipient(t, id, id+"@example.com")
+		recipients = append(recipients, id)
+		all = append(all, id+"/email", id+"/push")
+		emails, pushes = append(emails, id+"/email"), append(pushes, id+"/push")
+	}
+	// Nobody has a device: push deliveries are suppressed (no_device), email pending.
+	id := b.expandedBroadcast(t, "", []string{"email", "push"}, recipients...)
+	tests := []struct {
+		name            string
+		status, channel string
+		want            []string
+	}{
+		{"everything", "", "", all},
+		{"one channel", "", "push", pushes},
+		{"one status", "pending", "", emails},
+		{"status and channel", "suppressed", "push", pushes},
+		{"nothing matches", "sent", "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, limit := range []int{1, 3, 100} {
+				var got []string
+				cursor := ""
+				for pages := 0; ; pages++ {
+					if pages > len(all)+1 {
+						t.Fatalf("limit %d: the cursor never ends", limit)
+					}
+					page, err := b.svc.FindDeliveries(context.Background(), id, notifier.DeliveryFilter{
+						Status: tt.status, Channel: tt.channel, Limit: limit, Cursor: cursor})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(page.Deliveries) > limit {
+						t.Fatalf("limit %d: a page of %d", limit, len(page.Deliveries))
+					}
+					for _, d := range page.Deliveries {
+						got = append(got, d.RecipientID+"/"+d.Channel)
+					}
+					if page.NextCursor == "" {
+						break
+					}
+					cursor = page.NextCursor
+				}
+				if !slices.Equal(got, tt.want) {
+					t.Fatalf("limit %d: listed %v, want %v", limit, got, tt.want)
+				}
+			}
+		})
 	}
 }

@@ -271,11 +271,13 @@ func (s *Service) DeleteRecipient(ctx context.Context, id string) error {
 			`DELETE FROM preferences WHERE recipient_id = $1`,
 			`DELETE FROM preference_history WHERE recipient_id = $1`,
 			`DELETE FROM inbox_items WHERE recipient_id = $1`,
-			// A broadcast's deliveries are found by (broadcast, recipient), one
-			// probe per broadcast: there is no index on deliveries by recipient
-			// alone (migration 009).
+			// A broadcast's deliveries are found by (broadcast, recipient) in each
+			// channel's unique index, one probe per broadcast and channel (a join
+			// with broadcasts would not use those partial indexes); there is no
+			// index on deliveries by recipient alone (migrations 009 and 011).
 			`WITH theirs AS MATERIALIZED (
-				SELECT d.id FROM broadcasts b JOIN deliveries d ON d.broadcast_id = b.id AND d.recipient_id = $1
+				SELECT d.id FROM deliveries d WHERE d.broadcast_id = ANY(ARRAY(SELECT id FROM broadcasts))
+					AND d.recipient_id = $1 AND ` + anyChannelSQL("d.channel") + `
 				UNION ALL
 				SELECT id FROM deliveries WHERE notification_id IS NOT NULL AND recipient_id = $1),
 			addresses AS (UPDATE deliveries SET address = NULL WHERE id IN (SELECT id FROM theirs) AND address IS NOT NULL)
