@@ -7,7 +7,7 @@
 -- it (docs/benchmarks.md, "What bounds it now"). The unique index had the
 -- longest queue. With one per channel, a broadcast on email and push queues
 -- on two locks instead of one: in alternating pairs of 1M all-out benches the
--- expansion was faster in seven of eight (docs/benchmarks.md, migration 011).
+-- expansion was faster in nine of ten (docs/benchmarks.md, migration 011).
 --
 -- Together they keep (broadcast, recipient, channel) unique. The planner uses
 -- a partial index only where the query names its channel: queries over all of
