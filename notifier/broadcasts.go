@@ -488,7 +488,7 @@ type Delivery struct {
 func deliveryPageSQL() string {
 	arms := make([]string, len(channelNames))
 	for i, ch := range channelNames {
-		lit := "'" + ch + "'"
+		lit := quoteChannel(ch)
 		arms[i] = `(SELECT ` + deliveryColumns + ` FROM deliveries
 			WHERE broadcast_id = $1 AND channel = ` + lit + ` AND ($5 = '' OR $5 = ` + lit + `)
 			  AND recipient_id >= $2 AND (recipient_id > $2 OR ` + lit + ` > $3)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -23,24 +24,24 @@ const (
 // queries over all of a broadcast's deliveries: the planner reads each
 // channel's index (a BitmapOr) instead of the whole table.
 func anyChannelSQL(col string) string {
-	s := "("
+	arms := make([]string, len(channelNames))
 	for i, ch := range channelNames {
-		if i > 0 {
-			s += " OR "
-		}
-		s += col + " = '" + ch + "'"
+		arms[i] = col + " = " + quoteChannel(ch)
 	}
-	return s + ")"
+	return "(" + strings.Join(arms, " OR ") + ")"
 }
 
-// channelLiteral is ch quoted as an SQL constant, for a query that must name
-// its channel for the planner; only known channel names are accepted.
+// channelLiteral is ch as an SQL constant, for a query that must name its
+// channel for the planner; only known channel names are accepted.
 func channelLiteral(ch string) (string, error) {
 	if !slices.Contains(channelNames, ch) {
 		return "", fmt.Errorf("unknown channel %q", ch)
 	}
-	return "'" + ch + "'", nil
+	return quoteChannel(ch), nil
 }
+
+// quoteChannel quotes one of channelNames (plain lowercase words) for SQL.
+func quoteChannel(ch string) string { return "'" + ch + "'" }
 
 // Message is one delivery, rendered and ready for a provider.
 type Message struct {

@@ -72,8 +72,8 @@ func (s *Service) ClaimBatch(ctx context.Context, q DB, b DeliveryBatch) (*Claim
 	if c, ok := s.opts.FrequencyCaps[category]; ok {
 		capMax, capWindow = c.Max, c.Window
 	}
-	// The batch's channel as a constant: the probe above uses that channel's
-	// unique index (migration 011).
+	// The batch's channel as a constant, so that the cap's probe of broadcast
+	// deliveries (below) uses that channel's unique index (migration 011).
 	channel, err := channelLiteral(b.Channel)
 	if err != nil {
 		return nil, err
