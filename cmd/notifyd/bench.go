@@ -74,8 +74,8 @@ type bcOptions struct {
 	// emailRate and pushRate are the providers' rate limits given to the
 	// children (messages/s); the default is high enough never to pace.
 	emailRate, pushRate float64
-	// cancelAfterExpansion cancels the broadcast once it is expanded, instead
-	// of waiting for its delivery.
+	// cancelAfterExpansion cancels the broadcast once it is expanded and every
+	// channel has sent, instead of waiting for its delivery.
 	cancelAfterExpansion bool
 }
 
@@ -99,7 +99,7 @@ func parseBcFlags(args []string, getenv func(string) string, stderr io.Writer) (
 	fs.Float64Var(&o.emailRate, "email-rate", 1_000_000, "NOTIFYD_EMAIL_RATE of the children: SendGrid's rate limit in messages/s (the default never paces)")
 	fs.Float64Var(&o.pushRate, "push-rate", 1_000_000, "NOTIFYD_PUSH_RATE of the children: FCM's rate limit in messages/s (the default never paces)")
 	fs.BoolVar(&o.cancelAfterExpansion, "cancel-after-expansion", false,
-		"once the broadcast is expanded, cancel it (POST /admin/v1/broadcasts/{id}/cancel) instead of waiting for its delivery: "+
+		"once the broadcast is expanded and every channel has sent its first message, cancel it (POST /admin/v1/broadcasts/{id}/cancel) instead of waiting for its delivery: "+
 			"with --email-rate and --push-rate at the providers' real limits (e.g. the service defaults, 1000/s) this measures the expansion "+
 			"while delivery runs paced, and the cancel of a large broadcast in flight (the POST's latency, the last in-flight send, "+
 			"what the providers still received after it returned)")
@@ -858,7 +858,8 @@ func (b *bcBench) api(ctx context.Context, method, path, idemKey string, body []
 }
 
 // broadcast POSTs the broadcast and follows it to completion, drawing progress;
-// with --cancel-after-expansion, until it is expanded, and then cancels it.
+// with --cancel-after-expansion, until it is expanded and sending on every
+// channel, and then cancels it.
 func (b *bcBench) broadcast(ctx context.Context, rep *bcReport) error {
 	o := b.opts
 	in := map[string]any{
@@ -949,7 +950,7 @@ func (b *bcBench) childrenAlive() error {
 }
 
 // follow polls the broadcast until it completes (with --cancel-after-expansion:
-// until it is expanded), fails, stalls or times out.
+// until it is expanded and sending on every channel), fails, stalls or times out.
 func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
 	o := b.opts
 	expected := int64(o.recipients) * int64(len(o.channels))
@@ -957,10 +958,13 @@ func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
 	deadline := rep.postedAt.Add(o.timeout)
 	lastChange, lastKey := time.Now(), ""
 	var lastLine time.Time
-	// A broadcast turns sending when its expansion is done.
-	until := notifier.StatusCompleted
+	// A broadcast turns sending when its expansion is done. The cancel is
+	// meant to meet a broadcast in flight, so it also waits for every
+	// channel's first send: on a loaded machine the expansion can end before
+	// delivery has begun.
+	done := func(v *bcBroadcastView) bool { return v.Status == notifier.StatusCompleted }
 	if o.cancelAfterExpansion {
-		until = notifier.StatusSending
+		done = func(v *bcBroadcastView) bool { return v.Status == notifier.StatusSending && bcEverySent(v, o.channels) }
 	}
 	defer func() {
 		if terminal {
@@ -976,18 +980,19 @@ func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
 		switch {
 		case terminal:
 			fmt.Fprintf(b.stderr, "\r%-150s", line)
-		case time.Since(lastLine) >= 5*time.Second || v.Status == until:
+		case time.Since(lastLine) >= 5*time.Second || done(&v):
 			fmt.Fprintln(b.stderr, line)
 			lastLine = time.Now()
 		}
-		switch v.Status {
-		case until:
+		if done(&v) {
 			rep.observedDone = time.Since(rep.postedAt)
 			rep.final = v
 			return nil
+		}
+		switch v.Status {
 		case notifier.StatusCompleted: // only with --cancel-after-expansion
 			rep.final = v
-			return fmt.Errorf("broadcast %d completed before it was seen expanded, so it could not be cancelled: "+
+			return fmt.Errorf("broadcast %d completed before it was seen sending on every channel, so it could not be cancelled in flight: "+
 				"lower --email-rate/--push-rate or raise --recipients", v.ID)
 		case notifier.StatusFailed, notifier.StatusCancelled, notifier.StatusPaused:
 			rep.final = v
@@ -1019,6 +1024,17 @@ func (b *bcBench) follow(ctx context.Context, rep *bcReport) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// bcEverySent reports whether every channel of the broadcast has sent at least
+// one message.
+func bcEverySent(v *bcBroadcastView, channels []string) bool {
+	for _, ch := range channels {
+		if v.Channels[ch].Sent == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // bcCancel is what --cancel-after-expansion measured of the cancel.

@@ -59,8 +59,9 @@ func TestBenchBroadcastSmall(t *testing.T) {
 
 // TestBenchCancelAfterExpansion runs `notifyd bench --cancel-after-expansion`
 // with delivery paced slow enough that the broadcast is still sending when it is
-// expanded: the bench cancels it, and its checks (every delivery ended, nothing
-// received twice, no more received than recorded sent) must hold.
+// expanded: once every channel has sent, the bench cancels it, and its checks
+// (every delivery ended, nothing received twice, no more received than recorded
+// sent) must hold.
 func TestBenchCancelAfterExpansion(t *testing.T) {
 	// 3,000 recipients at 200/s per channel take 15 s to deliver: far longer
 	// than the expansion, so the cancel meets most deliveries pending.
