@@ -37,18 +37,10 @@ func TestFrequencyCapHoldsForConcurrentClaims(t *testing.T) {
 		t.Fatalf("first claim = %+v, %v; want one message", claimA, err)
 	}
 
-	type result struct {
-		claim *notifier.Claim
-		err   error
-	}
-	done := make(chan result, 1)
-	go func() {
-		c, err := b.svc.ClaimBatch(ctx, b.pool, second[0])
-		done <- result{c, err}
-	}()
+	done := b.claimInBackground(second[0])
 	// Let the second claim get as far as it can while the first is open: it
 	// either finishes (the race this test is about) or waits on the lock.
-	var finished *result
+	var finished *claimResult
 	for deadline := time.Now().Add(10 * time.Second); finished == nil; {
 		select {
 		case r := <-done:
@@ -79,6 +71,85 @@ func TestFrequencyCapHoldsForConcurrentClaims(t *testing.T) {
 	}
 	if n := b.count(t, `SELECT count(*) FROM deliveries WHERE status = 'suppressed' AND reason = 'frequency_cap'`); n != 1 {
 		t.Fatalf("%d deliveries suppressed by the cap, want 1", n)
+	}
+}
+
+// claimResult is what a claim run in the background came to.
+type claimResult struct {
+	claim *notifier.Claim
+	err   error
+}
+
+// claimInBackground claims batch on another goroutine, so that the test can
+// hold a transaction open while the claim waits for it.
+func (b *endUserBundle) claimInBackground(batch notifier.DeliveryBatch) <-chan claimResult {
+	done := make(chan claimResult, 1)
+	go func() {
+		c, err := b.svc.ClaimBatch(context.Background(), b.pool, batch)
+		done <- claimResult{c, err}
+	}()
+	return done
+}
+
+// A claim that meets a delivery another transaction is changing (a cancel not
+// yet committed) waits for it and then leaves it alone: the claim is one UPDATE
+// whose WHERE status = 'pending' is checked again against the committed row.
+func TestClaimSkipsADeliveryCancelledWhileItWaits(t *testing.T) {
+	t.Parallel()
+	b := setupEndUsers(t)
+	ctx := context.Background()
+	b.putRecipient(t, "ann", "ann@example.com")
+	b.putRecipient(t, "bob", "bob@example.com")
+	id := b.broadcast(t, "news", time.Now(), "ann", "bob")
+	batches := b.enq.of(id)
+	if len(batches) != 1 {
+		t.Fatalf("batches: %d, want 1", len(batches))
+	}
+
+	cancelTx, err := b.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cancelTx.Rollback(ctx) }()
+	if _, err := cancelTx.Exec(ctx, `UPDATE deliveries SET status = 'cancelled', reason = 'cancelled', finished_at = now()
+		WHERE broadcast_id = $1 AND recipient_id = 'bob'`, id); err != nil {
+		t.Fatal(err)
+	}
+
+	done := b.claimInBackground(batches[0])
+	// The claim must wait on bob's row: it cannot know yet whether it is pending.
+	for deadline := time.Now().Add(10 * time.Second); b.count(t, `SELECT count(*) FROM pg_stat_activity
+		WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'transactionid'`) == 0; {
+		select {
+		case r := <-done:
+			t.Fatalf("the claim finished while bob's cancel was open: %+v, %v", r.claim, r.err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the claim did not wait for the open cancel within 10s")
+		}
+	}
+	if err := cancelTx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	var got []string
+	for _, m := range r.claim.Messages {
+		got = append(got, m.RecipientID)
+	}
+	if !slices.Equal(got, []string{"ann"}) {
+		t.Fatalf("claimed %v, want [ann]", got)
+	}
+	for recipient, want := range map[string]string{"ann": "sending", "bob": "cancelled"} {
+		if status, _ := b.delivery(t, id, recipient); status != want {
+			t.Errorf("%s's delivery is %s, want %s", recipient, status, want)
+		}
+	}
+	if n := b.count(t, `SELECT attempts FROM deliveries WHERE broadcast_id = $1 AND recipient_id = 'bob'`, id); n != 0 {
+		t.Errorf("bob's delivery counts %d attempts, want 0", n)
 	}
 }
 
