@@ -2,6 +2,7 @@ package notifier
 
 import (
 	"context"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -45,4 +46,30 @@ func (l *SendLock) Release(ctx context.Context) {
 		_ = l.Conn.Conn().Close(ctx)
 	}
 	l.Conn.Release()
+}
+
+// Guard returns ctx with a send gate (see SendGateOpen) that closes as soon as
+// the lock's connection fails, and stop, to call once the provider calls are
+// over and before the connection is used again. Nothing else uses the
+// connection meanwhile, so a goroutine waits on it: when the server goes away
+// the socket closes and the wait ends at once, while PostgreSQL is still down
+// and no cancel can have returned.
+func (l *SendLock) Guard(ctx context.Context) (guarded context.Context, stop func()) {
+	var lost atomic.Bool
+	watchCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The connection LISTENs to nothing, so the wait ends only when watchCtx
+		// is done (a read deadline, which leaves the connection usable) or the
+		// connection fails.
+		_ = l.Conn.Conn().PgConn().WaitForNotification(watchCtx)
+		if watchCtx.Err() == nil {
+			lost.Store(true)
+		}
+	}()
+	return WithSendGate(ctx, func() bool { return !lost.Load() }), func() {
+		cancel()
+		<-done
+	}
 }

@@ -200,12 +200,19 @@ func (w *deliverWorker) deliverPart(ctx context.Context, channel notifier.Channe
 		return none, svc.FinishBatch(ctx, conn, b)
 	}
 	sendCtx, cancel := context.WithTimeout(ctx, w.q.cfg.SendTimeout)
+	stopGuard := func() {}
+	if lock != nil {
+		// If the lock's connection dies while the batch is at the provider, a
+		// cancel no longer waits for it: no further request may start.
+		sendCtx, stopGuard = lock.Guard(sendCtx)
+	}
 	sendCtx, sendSpan := telemetry.StartSpan(sendCtx, "notifyd.send", trace.SpanKindInternal)
 	if sendSpan.IsRecording() {
 		sendSpan.SetAttributes(attribute.String("channel", b.Channel), attribute.Int("messages", len(claim.Messages)))
 	}
 	results := channel.Send(sendCtx, claim.Messages)
 	sendSpan.End()
+	stopGuard()
 	cancel()
 	// Record even if the job's context ended (shutdown): what the provider said
 	// must not be lost.

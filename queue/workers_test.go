@@ -307,15 +307,25 @@ type heldChannel struct {
 	release    chan struct{}
 	once       sync.Once
 	answer     error
+	// gateClosed, when set, gets whether the send gate closed within 5 s of
+	// the release: whether another request could still have started.
+	gateClosed chan bool
 }
 
 func (f *heldChannel) Name() string  { return notifier.ChannelEmail }
 func (f *heldChannel) MaxBatch() int { return 1000 }
 
-func (f *heldChannel) Send(_ context.Context, msgs []notifier.Message) []notifier.SendResult {
+func (f *heldChannel) Send(ctx context.Context, msgs []notifier.Message) []notifier.SendResult {
 	f.once.Do(func() {
 		close(f.atProvider)
 		<-f.release
+		if f.gateClosed != nil {
+			deadline := time.Now().Add(5 * time.Second)
+			for notifier.SendGateOpen(ctx) && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			f.gateClosed <- !notifier.SendGateOpen(ctx)
+		}
 	})
 	out := make([]notifier.SendResult, len(msgs))
 	for i, m := range msgs {
@@ -331,7 +341,8 @@ func (f *heldChannel) Send(_ context.Context, msgs []notifier.Message) []notifie
 // provider (what a PostgreSQL restart does to every connection), the results
 // are still recorded, under a new lock: the deliveries end as the provider
 // said, not unknown. A cancel that ran meanwhile (nothing held it off) still
-// stops them: what the record would put back to pending is cancelled.
+// stops them: what the record would put back to pending is cancelled. And the
+// batch's send gate closes, so that it starts no further provider request.
 func TestDeliverWorkerRecordsAfterLosingTheSendLockConnection(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -346,7 +357,7 @@ func TestDeliverWorkerRecordsAfterLosingTheSendLockConnection(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			url := pgtest.NewDatabase(t)
-			ch := &heldChannel{atProvider: make(chan struct{}), release: make(chan struct{}), answer: tc.answer}
+			ch := &heldChannel{atProvider: make(chan struct{}), release: make(chan struct{}), answer: tc.answer, gateClosed: make(chan bool, 1)}
 			svc := startRetryWorkers(t, url, ch, 100000, 0)
 			id := broadcastTo(t, svc, 20, nil)
 			select {
@@ -363,6 +374,9 @@ func TestDeliverWorkerRecordsAfterLosingTheSendLockConnection(t *testing.T) {
 				}
 			}
 			close(ch.release)
+			if !<-ch.gateClosed {
+				t.Error("the send gate stayed open after the send lock's connection died")
+			}
 
 			deadline := time.Now().Add(30 * time.Second)
 			for {

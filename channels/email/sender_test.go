@@ -303,6 +303,21 @@ func TestSendNetworkErrorBeforeSending(t *testing.T) {
 	requireSendError(t, s.Send(t.Context(), messages(3, ownBody)), notifier.Transient, ReasonNetwork)
 }
 
+// A batch that lost its send lock starts no request: notifier.GateTransport
+// answers in SendGrid's place, and the messages are not sent, to be retried.
+func TestSendWithAClosedSendGate(t *testing.T) {
+	t.Parallel()
+	s, b := setup(t, Config{HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport)}})
+	ctx := notifier.WithSendGate(t.Context(), func() bool { return false })
+	se := requireSendError(t, s.Send(ctx, messages(3, ownBody)), notifier.Transient, "send_lock_lost")
+	if se.MaybeSent {
+		t.Error("a request that never left is marked maybe sent")
+	}
+	if n := b.fake.Count(); n != 0 {
+		t.Errorf("fake accepted %d messages", n)
+	}
+}
+
 func TestSendCancelled(t *testing.T) {
 	t.Parallel()
 	t.Run("before sending", func(t *testing.T) {

@@ -340,6 +340,29 @@ func TestSendTimeoutIsBounded(t *testing.T) {
 	}
 }
 
+// A batch that lost its send lock starts no request: notifier.GateTransport
+// answers in FCM's place, the SDK does not retry that answer, and the messages
+// are not sent, to be retried.
+func TestSendWithAClosedSendGate(t *testing.T) {
+	t.Parallel()
+	s, bundle := setup(t, Config{HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport)}})
+	ctx := notifier.WithSendGate(t.Context(), func() bool { return false })
+	start := time.Now()
+	res := s.Send(ctx, []notifier.Message{pushMsg(1, 1, "t1"), pushMsg(2, 1, "t2")})
+	for _, r := range res {
+		if se := sendError(t, r); se.Class != notifier.Transient || se.Reason != "send_lock_lost" || se.MaybeSent {
+			t.Errorf("delivery %d: %s/%s (maybe sent %v), want transient/send_lock_lost, not maybe sent", r.DeliveryID, se.Class, se.Reason, se.MaybeSent)
+		}
+	}
+	if n := len(bundle.fake.Requests()); n != 0 {
+		t.Errorf("fake saw %d requests, want 0", n)
+	}
+	// The SDK retries 500 and 503 after a backoff of half a second or more.
+	if d := time.Since(start); d > 400*time.Millisecond {
+		t.Errorf("Send took %s: the SDK retried the gate's answer", d)
+	}
+}
+
 func TestSendCanceledContext(t *testing.T) {
 	t.Parallel()
 	s, bundle := setup(t, Config{})

@@ -231,7 +231,8 @@ func serve(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logg
 // only the database; email and push need their provider settings.
 func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *slog.Logger, metrics *telemetry.Metrics, tracing trace.TracerProvider) (map[string]notifier.Channel, error) {
 	// Provider clients: own timeouts and pools, each request timed for /metrics
-	// and, with tracing, a client span under its delivery.
+	// and, with tracing, a client span under its delivery. Outermost, the send
+	// gate: a batch that lost its send lock starts no request (notifier/sendgate.go).
 	providerClient := func(channel string) *http.Client {
 		transport := http.DefaultTransport.(*http.Transport).Clone()
 		// Every bulk worker's SendEach runs 50 requests at once. The cap bounds the
@@ -242,7 +243,10 @@ func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *s
 		transport.MaxConnsPerHost = providerConnsPerHost
 		transport.MaxIdleConnsPerHost = providerConnsPerHost
 		transport.MaxIdleConns = providerConnsPerHost
-		return &http.Client{Transport: metrics.Transport(channel, telemetry.TraceTransport(tracing, channel, transport)), Timeout: c.SendTimeout}
+		return &http.Client{
+			Transport: notifier.GateTransport(metrics.Transport(channel, telemetry.TraceTransport(tracing, channel, transport))),
+			Timeout:   c.SendTimeout,
+		}
 	}
 	channels := map[string]notifier.Channel{notifier.ChannelInbox: inbox.New(pool)}
 	if c.SendGridAPIKey != "" {
