@@ -15,6 +15,7 @@ import (
 	firebase "firebase.google.com/go/v4"
 	"firebase.google.com/go/v4/messaging"
 	"google.golang.org/api/option"
+	htransport "google.golang.org/api/transport/http"
 
 	"github.com/notifyd/notifyd/notifier"
 )
@@ -37,6 +38,17 @@ const (
 	idleConnsPerHost = 256
 )
 
+// firebaseScopes are the OAuth2 scopes firebase-admin-go asks for
+// (internal.FirebaseScopes); FCM needs cloud-platform or firebase.messaging.
+var firebaseScopes = []string{
+	"https://www.googleapis.com/auth/cloud-platform",
+	"https://www.googleapis.com/auth/datastore",
+	"https://www.googleapis.com/auth/devstorage.full_control",
+	"https://www.googleapis.com/auth/firebase",
+	"https://www.googleapis.com/auth/identitytoolkit",
+	"https://www.googleapis.com/auth/userinfo.email",
+}
+
 // Config configures a Sender.
 type Config struct {
 	// ProjectID is the Firebase project (NOTIFYD_FCM_PROJECT_ID). Required.
@@ -53,8 +65,10 @@ type Config struct {
 	// own retries (it retries 503s and network errors up to 4 times, honouring
 	// Retry-After). Default DefaultTimeout.
 	Timeout time.Duration
-	// HTTPClient replaces the HTTP client. It is only allowed with Credentials
-	// "none": the SDK uses a given client as is, so it would send without auth.
+	// HTTPClient is the HTTP client the SDK sends with (default: a pooled one).
+	// With credentials, requests are authenticated on top of its transport, so
+	// that what it wraps (notifyd's send gate, metrics, tracing) sees every
+	// request whatever the credentials.
 	HTTPClient *http.Client
 }
 
@@ -85,24 +99,35 @@ func New(ctx context.Context, cfg Config) (*Sender, error) {
 		timeout = DefaultTimeout
 	}
 
-	opts := []option.ClientOption{option.WithEndpoint(endpoint)}
-	switch {
-	case cfg.Credentials == CredentialsNone:
-		hc := cfg.HTTPClient
-		if hc == nil {
-			hc = newHTTPClient()
-		}
-		// WithoutAuthentication alone would already work; passing our own client
-		// as well gives the transport enough idle connections for SendEach.
-		opts = append(opts, option.WithoutAuthentication(), option.WithHTTPClient(hc))
-	case cfg.HTTPClient != nil:
-		return nil, errors.New("push: HTTPClient can only be set with Credentials \"none\"; the SDK would skip authentication")
-	case cfg.Credentials != "":
-		opts = append(opts, option.WithCredentialsFile(cfg.Credentials))
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = newHTTPClient()
 	}
-	// Otherwise the SDK builds its own authenticated transport (empty Credentials:
-	// application default credentials), which already keeps 100 idle connections
-	// per host and speaks HTTP/2 to FCM.
+	// The SDK uses a given client as is, without authentication: with
+	// credentials, put Google's authentication (FCM's scopes, the service
+	// account file or application default credentials) on top of its transport,
+	// as the SDK would on its own.
+	if cfg.Credentials != CredentialsNone {
+		authOpts := []option.ClientOption{option.WithScopes(firebaseScopes...)}
+		if cfg.Credentials != "" {
+			authOpts = append(authOpts, option.WithCredentialsFile(cfg.Credentials))
+		}
+		base := hc.Transport
+		if base == nil {
+			base = http.DefaultTransport
+		}
+		authed, err := htransport.NewTransport(ctx, base, authOpts...)
+		if err != nil {
+			return nil, fmt.Errorf("push: credentials (NOTIFYD_FCM_CREDENTIALS %q): %w", cfg.Credentials, err)
+		}
+		withAuth := *hc
+		withAuth.Transport = authed
+		hc = &withAuth
+	}
+	opts := []option.ClientOption{option.WithEndpoint(endpoint), option.WithHTTPClient(hc)}
+	if cfg.Credentials == CredentialsNone {
+		opts = append(opts, option.WithoutAuthentication())
+	}
 
 	app, err := firebase.NewApp(ctx, &firebase.Config{ProjectID: cfg.ProjectID}, opts...)
 	if err != nil {

@@ -2,11 +2,20 @@ package push
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -490,7 +499,7 @@ func TestNewValidatesConfig(t *testing.T) {
 		{name: "own client", cfg: Config{ProjectID: "p", Credentials: "none", HTTPClient: &http.Client{}}},
 		{name: "no project", cfg: Config{Credentials: "none"}, wantErr: true},
 		{name: "endpoint not a URL", cfg: Config{ProjectID: "p", Credentials: "none", Endpoint: "fcm.googleapis.com/v1"}, wantErr: true},
-		{name: "client with credentials", cfg: Config{ProjectID: "p", Credentials: "sa.json", HTTPClient: &http.Client{}}, wantErr: true},
+		{name: "client with a missing credentials file", cfg: Config{ProjectID: "p", Credentials: "/nonexistent/sa.json", HTTPClient: &http.Client{}}, wantErr: true},
 		{name: "missing credentials file", cfg: Config{ProjectID: "p", Credentials: "/nonexistent/sa.json"}, wantErr: true},
 	}
 	for _, tt := range tests {
@@ -599,4 +608,77 @@ func TestSendReusesConnections(t *testing.T) {
 		t.Errorf("1500 requests opened %d connections, want <= 100", conns)
 	}
 	t.Logf("1500 requests over %d connections", conns)
+}
+
+// With real credentials (a service account here, its token endpoint a loopback
+// fake) the SDK still sends through the given client's transport, with Google's
+// authentication on top: the send gate sees every request whatever the
+// credentials.
+func TestSendWithServiceAccountThroughTheGivenTransport(t *testing.T) {
+	t.Parallel()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"access_token":"token-from-the-fake","token_type":"Bearer","expires_in":3600}`)
+	}))
+	t.Cleanup(tokens.Close)
+	account, err := json.Marshal(map[string]string{
+		"type": "service_account", "project_id": testProject, "private_key_id": "k1",
+		"private_key":  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
+		"client_email": "notifyd@" + testProject + ".iam.gserviceaccount.com", "client_id": "1",
+		"token_uri": tokens.URL,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "service-account.json")
+	if err := os.WriteFile(path, account, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	fake := fcmfake.NewServer(testProject)
+	var mu sync.Mutex
+	var authorizations []string
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		authorizations = append(authorizations, r.Header.Get("Authorization"))
+		mu.Unlock()
+		fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	s, err := New(t.Context(), Config{ProjectID: testProject, Credentials: path, Endpoint: ts.URL + "/v1",
+		HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	msgs := []notifier.Message{pushMsg(1, 1, "t1"), pushMsg(2, 1, "t2")}
+	checkAllSent(t, msgs, s.Send(t.Context(), msgs), fake)
+	mu.Lock()
+	for i, a := range authorizations {
+		if !strings.HasPrefix(a, "Bearer ") {
+			t.Errorf("request %d: Authorization %q, want a bearer token", i, a)
+		}
+	}
+	sent := len(authorizations)
+	mu.Unlock()
+
+	closed := notifier.WithSendGate(t.Context(), func() bool { return false })
+	for _, r := range s.Send(closed, []notifier.Message{pushMsg(3, 1, "t3")}) {
+		if se := sendError(t, r); se.Reason != "send_lock_lost" {
+			t.Errorf("delivery %d under a closed gate: %s/%s, want send_lock_lost", r.DeliveryID, se.Class, se.Reason)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(authorizations) != sent {
+		t.Errorf("the fake saw %d more requests under a closed gate", len(authorizations)-sent)
+	}
 }

@@ -260,12 +260,10 @@ func buildChannels(ctx context.Context, c *config, pool *pgxpool.Pool, logger *s
 		logger.Warn("email channel off: set NOTIFYD_SENDGRID_API_KEY and NOTIFYD_EMAIL_FROM")
 	}
 	if c.FCMProjectID != "" {
-		pushCfg := push.Config{ProjectID: c.FCMProjectID, Credentials: c.FCMCredentials, Endpoint: c.FCMEndpoint}
-		if c.FCMCredentials == push.CredentialsNone {
-			// With real credentials the SDK builds its own authenticating client.
-			pushCfg.HTTPClient = providerClient(notifier.ChannelPush)
-		}
-		sender, err := push.New(ctx, pushCfg)
+		// With credentials, push puts Google's authentication on top of this
+		// client's transport.
+		sender, err := push.New(ctx, push.Config{ProjectID: c.FCMProjectID, Credentials: c.FCMCredentials, Endpoint: c.FCMEndpoint,
+			HTTPClient: providerClient(notifier.ChannelPush)})
 		if err != nil {
 			return nil, fmt.Errorf("push channel (NOTIFYD_FCM_*): %w", err)
 		}
