@@ -61,7 +61,7 @@ func TestGateTransportAnswersForAClosedGate(t *testing.T) {
 		w.WriteHeader(http.StatusAccepted)
 	}))
 	t.Cleanup(provider.Close)
-	client := &http.Client{Transport: notifier.GateTransport(http.DefaultTransport)}
+	client := &http.Client{Transport: notifier.GateTransport(http.DefaultTransport.(*http.Transport).Clone())}
 
 	for _, tc := range []struct {
 		name       string

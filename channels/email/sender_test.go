@@ -307,7 +307,7 @@ func TestSendNetworkErrorBeforeSending(t *testing.T) {
 // answers in SendGrid's place, and the messages are not sent, to be retried.
 func TestSendWithAClosedSendGate(t *testing.T) {
 	t.Parallel()
-	s, b := setup(t, Config{HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport)}})
+	s, b := setup(t, Config{HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport.(*http.Transport).Clone())}})
 	ctx := notifier.WithSendGate(t.Context(), func() bool { return false })
 	se := requireSendError(t, s.Send(ctx, messages(3, ownBody)), notifier.Transient, "send_lock_lost")
 	if se.MaybeSent {

@@ -4,12 +4,16 @@
 package push
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	firebase "firebase.google.com/go/v4"
@@ -112,11 +116,7 @@ func New(ctx context.Context, cfg Config) (*Sender, error) {
 		if cfg.Credentials != "" {
 			authOpts = append(authOpts, option.WithCredentialsFile(cfg.Credentials))
 		}
-		base := hc.Transport
-		if base == nil {
-			base = http.DefaultTransport
-		}
-		authed, err := htransport.NewTransport(ctx, base, authOpts...)
+		authed, err := htransport.NewTransport(ctx, transportOf(hc), authOpts...)
 		if err != nil {
 			return nil, fmt.Errorf("push: credentials (NOTIFYD_FCM_CREDENTIALS %q): %w", cfg.Credentials, err)
 		}
@@ -124,6 +124,10 @@ func New(ctx context.Context, cfg Config) (*Sender, error) {
 		withAuth.Transport = authed
 		hc = &withAuth
 	}
+	// Outermost, so that it sees each request the SDK makes (see sendEach).
+	tracked := *hc
+	tracked.Transport = trackWrites{base: transportOf(hc)}
+	hc = &tracked
 	opts := []option.ClientOption{option.WithEndpoint(endpoint), option.WithHTTPClient(hc)}
 	if cfg.Credentials == CredentialsNone {
 		opts = append(opts, option.WithoutAuthentication())
@@ -138,6 +142,14 @@ func New(ctx context.Context, cfg Config) (*Sender, error) {
 		return nil, fmt.Errorf("push: firebase messaging client (NOTIFYD_FCM_CREDENTIALS %q): %w", cfg.Credentials, err)
 	}
 	return &Sender{client: client, timeout: timeout}, nil
+}
+
+// transportOf is the transport hc sends with.
+func transportOf(hc *http.Client) http.RoundTripper {
+	if hc.Transport != nil {
+		return hc.Transport
+	}
+	return http.DefaultTransport
 }
 
 func newHTTPClient() *http.Client {
@@ -224,7 +236,8 @@ func (s *Sender) sendEach(ctx context.Context, msgs []notifier.Message, jobs []j
 	for i, j := range jobs {
 		fcm[i] = toFCMMessage(msgs[j.msg], j.token)
 	}
-	br, err := s.client.SendEach(ctx, fcm)
+	written := &writtenTokens{set: make(map[string]bool, len(jobs))}
+	br, err := s.client.SendEach(context.WithValue(ctx, writtenKey{}, written), fcm)
 	if err != nil || br == nil || len(br.Responses) != len(jobs) {
 		// SendEach only fails as a whole for messages it refuses before sending
 		// (Send filters those out), so this is a bug or an SDK change.
@@ -241,6 +254,11 @@ func (s *Sender) sendEach(ctx context.Context, msgs []notifier.Message, jobs []j
 		}
 		// Classify before anything wraps the SDK's error.
 		outs[i].err = classify(r.Error)
+		if outs[i].err.Reason == "canceled" && written.has(jobs[i].token) {
+			// Cancelled after its request went out: FCM may have accepted it,
+			// so it must not be sent again.
+			outs[i].err.Reason, outs[i].err.MaybeSent = "canceled_after_send", true
+		}
 	}
 }
 
@@ -309,4 +327,68 @@ func usableTokens(tokens []string) []string {
 		out = append(out, t)
 	}
 	return out
+}
+
+// writtenTokens records the tokens whose requests were written to the wire
+// during one SendEach call: the SDK hides which of its requests went out, and a
+// cancelled one that did may have been accepted.
+type writtenTokens struct {
+	mu  sync.Mutex
+	set map[string]bool
+}
+
+type writtenKey struct{}
+
+func (w *writtenTokens) add(token string) {
+	w.mu.Lock()
+	w.set[token] = true
+	w.mu.Unlock()
+}
+
+func (w *writtenTokens) has(token string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.set[token]
+}
+
+// trackWrites wraps the client's transport: a request whose context carries a
+// writtenTokens is marked in it, by the token in its body, once written.
+type trackWrites struct{ base http.RoundTripper }
+
+func (t trackWrites) RoundTrip(req *http.Request) (*http.Response, error) {
+	w, ok := req.Context().Value(writtenKey{}).(*writtenTokens)
+	if !ok {
+		return t.base.RoundTrip(req)
+	}
+	token := requestToken(req)
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { w.add(token) }}
+	return t.base.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+}
+
+// requestToken is the registration token of an FCM send request, read from a
+// copy of its body ({"message":{"token":"...",...}}); "" if there is none.
+func requestToken(req *http.Request) string {
+	if req.GetBody == nil {
+		return ""
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return ""
+	}
+	defer body.Close()
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return ""
+	}
+	const key = `"token":"`
+	i := bytes.Index(b, []byte(key))
+	if i < 0 {
+		return ""
+	}
+	rest := b[i+len(key):]
+	end := bytes.IndexByte(rest, '"')
+	if end < 0 {
+		return ""
+	}
+	return string(rest[:end])
 }

@@ -349,12 +349,29 @@ func TestSendTimeoutIsBounded(t *testing.T) {
 	}
 }
 
+// A cancel while the requests are at FCM (a hard shutdown): FCM may have
+// accepted them, so they are maybe sent (unknown), never retried. Requests the
+// cancel kept from starting are not sent (TestSendCanceledContext).
+func TestSendCanceledInFlight(t *testing.T) {
+	t.Parallel()
+	s, bundle := setup(t, Config{})
+	bundle.fake.SetBehavior(fcmfake.Behavior{Delay: time.Minute})
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	res := s.Send(ctx, []notifier.Message{pushMsg(1, 1, "t1"), pushMsg(2, 1, "t2"), pushMsg(3, 1, "t3")})
+	for _, r := range res {
+		if se := sendError(t, r); se.Class != notifier.Transient || se.Reason != "canceled_after_send" || !se.MaybeSent {
+			t.Errorf("delivery %d: %s/%s (maybe sent %v), want transient/canceled_after_send, maybe sent", r.DeliveryID, se.Class, se.Reason, se.MaybeSent)
+		}
+	}
+}
+
 // A batch that lost its send lock starts no request: notifier.GateTransport
 // answers in FCM's place, the SDK does not retry that answer, and the messages
 // are not sent, to be retried.
 func TestSendWithAClosedSendGate(t *testing.T) {
 	t.Parallel()
-	s, bundle := setup(t, Config{HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport)}})
+	s, bundle := setup(t, Config{HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport.(*http.Transport).Clone())}})
 	ctx := notifier.WithSendGate(t.Context(), func() bool { return false })
 	start := time.Now()
 	res := s.Send(ctx, []notifier.Message{pushMsg(1, 1, "t1"), pushMsg(2, 1, "t2")})
@@ -654,7 +671,7 @@ func TestSendWithServiceAccountThroughTheGivenTransport(t *testing.T) {
 	}))
 	t.Cleanup(ts.Close)
 	s, err := New(t.Context(), Config{ProjectID: testProject, Credentials: path, Endpoint: ts.URL + "/v1",
-		HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport)}})
+		HTTPClient: &http.Client{Transport: notifier.GateTransport(http.DefaultTransport.(*http.Transport).Clone())}})
 	if err != nil {
 		t.Fatal(err)
 	}

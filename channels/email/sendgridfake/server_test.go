@@ -51,7 +51,11 @@ func post(t *testing.T, ctx context.Context, baseURL, key, body string) answer {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	// A client of its own: httptest.Server.Close closes http.DefaultTransport's
+	// idle connections, which broke a parallel test's request now and then.
+	client := &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("POST: %v", err)
 	}
