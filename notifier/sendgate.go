@@ -38,6 +38,15 @@ const NotSentHeader = "X-Notifyd-Not-Sent"
 // not one the SDKs retry by themselves.
 const StatusNotSent = 599
 
+// NotSentReason is the reason of an answer GateTransport gave in the provider's
+// place ("send_lock_lost"), or "" for a provider's own answer.
+func NotSentReason(status int, h http.Header) string {
+	if status != StatusNotSent {
+		return ""
+	}
+	return h.Get(NotSentHeader)
+}
+
 // GateTransport wraps a provider client's transport: a request whose context
 // carries a closed send gate is answered StatusNotSent with NotSentHeader, and
 // never reaches base.

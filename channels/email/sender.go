@@ -321,9 +321,9 @@ func classifyResponse(status int, h http.Header, body string, now time.Time) (st
 		Err:        newAPIError(status, body),
 	}
 	switch {
-	case status == notifier.StatusNotSent && h.Get(notifier.NotSentHeader) != "":
+	case notifier.NotSentReason(status, h) != "":
 		// notifier.GateTransport answered: the request never left the process.
-		se.Class, se.Reason = notifier.Transient, h.Get(notifier.NotSentHeader)
+		se.Class, se.Reason = notifier.Transient, notifier.NotSentReason(status, h)
 	case status == http.StatusTooManyRequests:
 		se.Class = notifier.RateLimited
 		se.RetryAfter = rateLimitWait(h, now)

@@ -34,9 +34,9 @@ func classify(err error) *notifier.SendError {
 	}
 
 	switch {
-	case se.StatusCode == notifier.StatusNotSent && resp.Header.Get(notifier.NotSentHeader) != "":
+	case resp != nil && notifier.NotSentReason(resp.StatusCode, resp.Header) != "":
 		// notifier.GateTransport answered: the request never left the process.
-		se.Reason = resp.Header.Get(notifier.NotSentHeader)
+		se.Reason = notifier.NotSentReason(resp.StatusCode, resp.Header)
 	case errors.Is(err, context.DeadlineExceeded):
 		// The SDK returns the bare context error when a deadline ends its retry wait.
 		se.Reason = "timeout"

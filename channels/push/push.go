@@ -110,25 +110,25 @@ func New(ctx context.Context, cfg Config) (*Sender, error) {
 	// The SDK uses a given client as is, without authentication: with
 	// credentials, put Google's authentication (FCM's scopes, the service
 	// account file or application default credentials) on top of its transport,
-	// as the SDK would on its own.
+	// as the SDK would on its own. Outermost, trackWrites sees each request the
+	// SDK makes (see sendEach).
+	transport := hc.Transport
+	if transport == nil {
+		transport = http.DefaultTransport
+	}
 	if cfg.Credentials != CredentialsNone {
 		authOpts := []option.ClientOption{option.WithScopes(firebaseScopes...)}
 		if cfg.Credentials != "" {
 			authOpts = append(authOpts, option.WithCredentialsFile(cfg.Credentials))
 		}
-		authed, err := htransport.NewTransport(ctx, transportOf(hc), authOpts...)
-		if err != nil {
+		var err error
+		if transport, err = htransport.NewTransport(ctx, transport, authOpts...); err != nil {
 			return nil, fmt.Errorf("push: credentials (NOTIFYD_FCM_CREDENTIALS %q): %w", cfg.Credentials, err)
 		}
-		withAuth := *hc
-		withAuth.Transport = authed
-		hc = &withAuth
 	}
-	// Outermost, so that it sees each request the SDK makes (see sendEach).
-	tracked := *hc
-	tracked.Transport = trackWrites{base: transportOf(hc)}
-	hc = &tracked
-	opts := []option.ClientOption{option.WithEndpoint(endpoint), option.WithHTTPClient(hc)}
+	sdkClient := *hc
+	sdkClient.Transport = trackWrites{base: transport}
+	opts := []option.ClientOption{option.WithEndpoint(endpoint), option.WithHTTPClient(&sdkClient)}
 	if cfg.Credentials == CredentialsNone {
 		opts = append(opts, option.WithoutAuthentication())
 	}
@@ -142,14 +142,6 @@ func New(ctx context.Context, cfg Config) (*Sender, error) {
 		return nil, fmt.Errorf("push: firebase messaging client (NOTIFYD_FCM_CREDENTIALS %q): %w", cfg.Credentials, err)
 	}
 	return &Sender{client: client, timeout: timeout}, nil
-}
-
-// transportOf is the transport hc sends with.
-func transportOf(hc *http.Client) http.RoundTripper {
-	if hc.Transport != nil {
-		return hc.Transport
-	}
-	return http.DefaultTransport
 }
 
 func newHTTPClient() *http.Client {
@@ -236,7 +228,7 @@ func (s *Sender) sendEach(ctx context.Context, msgs []notifier.Message, jobs []j
 	for i, j := range jobs {
 		fcm[i] = toFCMMessage(msgs[j.msg], j.token)
 	}
-	written := &writtenTokens{set: make(map[string]bool, len(jobs))}
+	written := &writtenRequests{}
 	br, err := s.client.SendEach(context.WithValue(ctx, writtenKey{}, written), fcm)
 	if err != nil || br == nil || len(br.Responses) != len(jobs) {
 		// SendEach only fails as a whole for messages it refuses before sending
@@ -247,6 +239,7 @@ func (s *Sender) sendEach(ctx context.Context, msgs []notifier.Message, jobs []j
 		failAll(outs, err)
 		return
 	}
+	var wentOut map[string]bool // read only if a request was cancelled
 	for i, r := range br.Responses {
 		if r.Success {
 			outs[i].name = r.MessageID
@@ -254,7 +247,13 @@ func (s *Sender) sendEach(ctx context.Context, msgs []notifier.Message, jobs []j
 		}
 		// Classify before anything wraps the SDK's error.
 		outs[i].err = classify(r.Error)
-		if outs[i].err.Reason == "canceled" && written.has(jobs[i].token) {
+		if outs[i].err.Reason != "canceled" {
+			continue
+		}
+		if wentOut == nil {
+			wentOut = written.tokens()
+		}
+		if wentOut[jobs[i].token] {
 			// Cancelled after its request went out: FCM may have accepted it,
 			// so it must not be sent again.
 			outs[i].err.Reason, outs[i].err.MaybeSent = "canceled_after_send", true
@@ -329,49 +328,49 @@ func usableTokens(tokens []string) []string {
 	return out
 }
 
-// writtenTokens records the tokens whose requests were written to the wire
-// during one SendEach call: the SDK hides which of its requests went out, and a
-// cancelled one that did may have been accepted.
-type writtenTokens struct {
-	mu  sync.Mutex
-	set map[string]bool
+// writtenRequests records the requests of one SendEach call that were written
+// to the wire: the SDK hides which of its requests went out, and a cancelled one
+// that did may have been accepted. Only their bodies are kept; the tokens are
+// read from them when a request was cancelled, not on every send.
+type writtenRequests struct {
+	mu     sync.Mutex
+	bodies []func() (io.ReadCloser, error)
 }
 
 type writtenKey struct{}
 
-func (w *writtenTokens) add(token string) {
-	w.mu.Lock()
-	w.set[token] = true
-	w.mu.Unlock()
-}
-
-func (w *writtenTokens) has(token string) bool {
+// tokens returns the tokens of the requests written so far.
+func (w *writtenRequests) tokens() map[string]bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.set[token]
+	out := make(map[string]bool, len(w.bodies))
+	for _, body := range w.bodies {
+		out[requestToken(body)] = true
+	}
+	return out
 }
 
 // trackWrites wraps the client's transport: a request whose context carries a
-// writtenTokens is marked in it, by the token in its body, once written.
+// writtenRequests is added to it once written.
 type trackWrites struct{ base http.RoundTripper }
 
 func (t trackWrites) RoundTrip(req *http.Request) (*http.Response, error) {
-	w, ok := req.Context().Value(writtenKey{}).(*writtenTokens)
-	if !ok {
+	w, ok := req.Context().Value(writtenKey{}).(*writtenRequests)
+	if !ok || req.GetBody == nil {
 		return t.base.RoundTrip(req)
 	}
-	token := requestToken(req)
-	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { w.add(token) }}
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) {
+		w.mu.Lock()
+		w.bodies = append(w.bodies, req.GetBody)
+		w.mu.Unlock()
+	}}
 	return t.base.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 }
 
 // requestToken is the registration token of an FCM send request, read from a
 // copy of its body ({"message":{"token":"...",...}}); "" if there is none.
-func requestToken(req *http.Request) string {
-	if req.GetBody == nil {
-		return ""
-	}
-	body, err := req.GetBody()
+func requestToken(getBody func() (io.ReadCloser, error)) string {
+	body, err := getBody()
 	if err != nil {
 		return ""
 	}
